@@ -1,0 +1,10 @@
+//! tern: a single-binary, Raft-replicated A2P SMS appliance.
+//!
+//! The library holds every part of the appliance; `src/main.rs` is only the
+//! command line. See ARCHITECTURE.md for the module map and the flow of a
+//! message.
+
+pub mod cli;
+pub mod runtime;
+pub mod smpp;
+pub mod store;

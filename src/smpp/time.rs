@@ -1,0 +1,1 @@
+//! (receipt/time/session: being written)
