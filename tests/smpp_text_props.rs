@@ -110,13 +110,11 @@ fn reassemble(segments: &[Segment], order_keys: &[u32], duplicate: &[bool]) -> V
 
 fn check_sizes(segments: &[Segment], encoding: Encoding) {
     for segment in segments {
-        if segments.len() > 1 {
-            assert!(
-                segment.air_octets(encoding) <= 140,
-                "{} octets on the air",
-                segment.air_octets(encoding)
-            );
-        }
+        assert!(
+            segment.air_octets(encoding) <= 140,
+            "{} octets on the air",
+            segment.air_octets(encoding)
+        );
         assert!(
             segment.bytes.len() <= 254,
             "short_message holds at most 254 octets"
