@@ -451,7 +451,8 @@ fn valid_concat(reference: u16, total: u8, seqnum: u8) -> Option<PartInfo> {
 pub struct ReassemblyLimits {
     /// Incomplete messages held at once.
     pub max_pending_messages: usize,
-    /// Part bodies held at once, in octets.
+    /// Memory held at once: part bodies plus estimated overheads (see
+    /// `Reassembler`).
     pub max_pending_bytes: usize,
     /// An incomplete message is dropped this long after its first part.
     pub expiry_ms: u64,
@@ -501,11 +502,20 @@ pub enum ReassemblyError {
     TooManyBytes,
 }
 
+/// Memory charged per held part beyond its body: the (seqnum, box) entry and
+/// the allocator's share. An estimate, so that empty parts are not free.
+pub const PART_OVERHEAD_BYTES: usize = 32;
+/// Memory charged per pending message beyond its key (held twice): map
+/// nodes, the deadline entry, the bookkeeping.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 128;
+
 struct Pending {
     total: u8,
-    parts: Vec<Option<Box<[u8]>>>,
-    received: u8,
-    bytes: usize,
+    /// (seqnum, body) in arrival order: only what arrived is held, so a part
+    /// claiming 255 siblings costs no more than any other.
+    parts: Vec<(u8, Box<[u8]>)>,
+    /// Memory charged for this message, overheads included.
+    charged_bytes: usize,
     deadline_ms: u64,
     id: u64,
 }
@@ -518,13 +528,14 @@ struct Pending {
 /// under the same reference. When a cap is reached, new parts are refused
 /// (the caller answers with a temporary error such as ESME_RMSGQFUL, so the
 /// peer retries) instead of evicting messages whose parts were already
-/// acknowledged.
+/// acknowledged. The byte cap counts bodies plus `PART_OVERHEAD_BYTES` per
+/// part and `MESSAGE_OVERHEAD_BYTES` plus twice the key per message.
 pub struct Reassembler {
     limits: ReassemblyLimits,
     pending: BTreeMap<Box<[u8]>, Pending>,
     /// Deadline order for expiry: (deadline_ms, id) → key.
     by_deadline: BTreeMap<(u64, u64), Box<[u8]>>,
-    held_bytes: usize,
+    charged_bytes: usize,
     next_id: u64,
     /// Reused to look keys up without allocating.
     key_scratch: Vec<u8>,
@@ -536,7 +547,7 @@ impl Reassembler {
             limits,
             pending: BTreeMap::new(),
             by_deadline: BTreeMap::new(),
-            held_bytes: 0,
+            charged_bytes: 0,
             next_id: 0,
             key_scratch: Vec::new(),
         }
@@ -546,8 +557,9 @@ impl Reassembler {
         self.pending.len()
     }
 
+    /// Memory charged against `max_pending_bytes` (see the type's comment).
     pub fn pending_bytes(&self) -> usize {
-        self.held_bytes
+        self.charged_bytes
     }
 
     /// Drops incomplete messages whose deadline is at or before `now_ms`;
@@ -560,7 +572,7 @@ impl Reassembler {
             }
             let key = entry.remove();
             if let Some(pending) = self.pending.remove(&key) {
-                self.held_bytes -= pending.bytes;
+                self.charged_bytes -= pending.charged_bytes;
                 expired += 1;
             }
         }
@@ -577,10 +589,12 @@ impl Reassembler {
         if total == 1 {
             return Ok(Offered::Complete(part.body.to_vec()));
         }
-        let body_bytes = part.body.len();
-        let fits = self.held_bytes + body_bytes <= self.limits.max_pending_bytes;
+        let part_charge = part.body.len() + PART_OVERHEAD_BYTES;
+        let room = self
+            .limits
+            .max_pending_bytes
+            .saturating_sub(self.charged_bytes);
         fill_key(&mut self.key_scratch, &part);
-        let slot = usize::from(seqnum) - 1;
         if let Some(pending) = self.pending.get_mut(self.key_scratch.as_slice()) {
             if pending.total != total {
                 return Err(ReassemblyError::InconsistentTotal {
@@ -588,59 +602,50 @@ impl Reassembler {
                     offered: total,
                 });
             }
-            let Some(held) = pending.parts.get_mut(slot) else {
-                unreachable!("slot {slot} was checked against total {total}");
-            };
-            if held.is_some() {
+            if pending.parts.iter().any(|(held, _)| *held == seqnum) {
                 return Ok(Offered::Duplicate);
             }
-            if !fits {
+            if part_charge > room {
                 return Err(ReassemblyError::TooManyBytes);
             }
-            *held = Some(part.body.into());
-            pending.received += 1;
-            pending.bytes += body_bytes;
-            self.held_bytes += body_bytes;
-            if pending.received < total {
-                return Ok(Offered::Incomplete {
-                    received: pending.received,
-                    total,
-                });
+            pending.parts.push((seqnum, part.body.into()));
+            pending.charged_bytes += part_charge;
+            self.charged_bytes += part_charge;
+            // At most `total` distinct seqnums can be held, so this fits a u8.
+            let received = pending.parts.len() as u8;
+            if received < total {
+                return Ok(Offered::Incomplete { received, total });
             }
             let Some(done) = self.pending.remove(self.key_scratch.as_slice()) else {
                 unreachable!("the entry was just found");
             };
             self.by_deadline.remove(&(done.deadline_ms, done.id));
-            self.held_bytes -= done.bytes;
+            self.charged_bytes -= done.charged_bytes;
             return Ok(Offered::Complete(assemble(done)));
         }
         if self.pending.len() >= self.limits.max_pending_messages {
             return Err(ReassemblyError::TooManyPending);
         }
-        if !fits {
+        let message_charge = MESSAGE_OVERHEAD_BYTES + 2 * self.key_scratch.len() + part_charge;
+        if message_charge > room {
             return Err(ReassemblyError::TooManyBytes);
         }
         let id = self.next_id;
         self.next_id += 1;
         let deadline_ms = now_ms.saturating_add(self.limits.expiry_ms);
-        let mut parts = vec![None; usize::from(total)];
-        if let Some(held) = parts.get_mut(slot) {
-            *held = Some(Box::<[u8]>::from(part.body));
-        }
         let key: Box<[u8]> = self.key_scratch.as_slice().into();
         self.by_deadline.insert((deadline_ms, id), key.clone());
         self.pending.insert(
             key,
             Pending {
                 total,
-                parts,
-                received: 1,
-                bytes: body_bytes,
+                parts: vec![(seqnum, part.body.into())],
+                charged_bytes: message_charge,
                 deadline_ms,
                 id,
             },
         );
-        self.held_bytes += body_bytes;
+        self.charged_bytes += message_charge;
         Ok(Offered::Incomplete { received: 1, total })
     }
 }
@@ -655,12 +660,20 @@ fn fill_key(key: &mut Vec<u8>, part: &Part<'_>) {
     key.extend_from_slice(&part.info.reference.to_be_bytes());
 }
 
-fn assemble(done: Pending) -> Vec<u8> {
-    let mut message = Vec::with_capacity(done.bytes);
-    for body in done.parts.iter().flatten() {
+fn assemble(mut done: Pending) -> Vec<u8> {
+    done.parts.sort_unstable_by_key(|(seqnum, _)| *seqnum);
+    debug_assert!(
+        done.parts
+            .iter()
+            .enumerate()
+            .all(|(i, (seqnum, _))| usize::from(*seqnum) == i + 1),
+        "a complete message must hold parts 1..=total exactly once"
+    );
+    let body_bytes = done.parts.iter().map(|(_, body)| body.len()).sum();
+    let mut message = Vec::with_capacity(body_bytes);
+    for (_, body) in &done.parts {
         message.extend_from_slice(body);
     }
-    debug_assert_eq!(message.len(), done.bytes, "a complete message lacks a part");
     message
 }
 
@@ -968,10 +981,14 @@ mod tests {
     fn small_limits() -> ReassemblyLimits {
         ReassemblyLimits {
             max_pending_messages: 2,
-            max_pending_bytes: 100,
+            max_pending_bytes: 10_000,
             expiry_ms: 1_000,
         }
     }
+
+    /// What the first part of a message from `part()` costs beyond its body:
+    /// its key is 8 + 12 + 5 + 2 octets.
+    const FIRST_PART_CHARGE: usize = MESSAGE_OVERHEAD_BYTES + 2 * 27 + PART_OVERHEAD_BYTES;
 
     #[test]
     fn reassembles_out_of_order_and_decodes() {
@@ -1037,7 +1054,7 @@ mod tests {
             reassembler.offer(part(1, 2, 1, b"XX"), 0),
             Ok(Offered::Duplicate)
         );
-        assert_eq!(reassembler.pending_bytes(), 2);
+        assert_eq!(reassembler.pending_bytes(), FIRST_PART_CHARGE + 2);
         assert_eq!(
             reassembler.offer(part(1, 2, 2, b"llo"), 0),
             Ok(Offered::Complete(b"hello".to_vec()))
@@ -1123,7 +1140,7 @@ mod tests {
         assert_eq!(reassembler.expire(2_000), 1);
         assert_eq!(
             (reassembler.pending_messages(), reassembler.pending_bytes()),
-            (1, 3)
+            (1, FIRST_PART_CHARGE + 3)
         );
         // The expired message's second part now starts over.
         assert_eq!(
@@ -1160,7 +1177,12 @@ mod tests {
         );
         assert!(reassembler.offer(part(3, 2, 1, b"c"), 0).is_ok());
 
-        let mut reassembler = Reassembler::new(small_limits());
+        // Room for a first part and a second part of 100 body octets together.
+        let limits = ReassemblyLimits {
+            max_pending_bytes: FIRST_PART_CHARGE + PART_OVERHEAD_BYTES + 100,
+            ..small_limits()
+        };
+        let mut reassembler = Reassembler::new(limits);
         reassembler
             .offer(part(1, 3, 1, &[0; 60]), 0)
             .expect("accepted");
@@ -1177,6 +1199,17 @@ mod tests {
             Ok(Offered::Duplicate)
         );
         assert!(reassembler.offer(part(1, 3, 2, &[0; 40]), 0).is_ok());
-        assert_eq!(reassembler.pending_bytes(), 100);
+        assert_eq!(reassembler.pending_bytes(), limits.max_pending_bytes);
+        // Empty parts are not free: a part claiming 255 siblings is charged
+        // like any other, and a flood of empty parts meets the cap.
+        let mut reassembler = Reassembler::new(limits);
+        let mut accepted = 0;
+        while reassembler
+            .offer(part(9, 255, accepted + 1, &[]), 0)
+            .is_ok()
+        {
+            accepted += 1;
+        }
+        assert_eq!(usize::from(accepted), 1 + 100 / PART_OVERHEAD_BYTES + 1);
     }
 }
