@@ -1172,4 +1172,73 @@ mod tests {
             "leading zeros never count toward the width"
         );
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_bytes_never_panic(
+                esm_class in any::<u8>(),
+                short_message in proptest::collection::vec(any::<u8>(), 0..300),
+                receipted_id in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..70)),
+                state in proptest::option::of(any::<u8>()),
+                split in any::<bool>(),
+            ) {
+                let syntax = ReceiptSyntax { fields_after_text: split };
+                let result = identify_receipt(
+                    esm_class,
+                    &short_message,
+                    receipted_id.as_deref(),
+                    state,
+                    None,
+                    syntax,
+                );
+                if let Ok(Some(pdu)) = result {
+                    prop_assert!(pdu.receipt.extra.len() <= MAX_EXTRA_FIELDS);
+                    let _ = pdu.receipt.format();
+                }
+            }
+
+            #[test]
+            fn receipt_like_texts_never_panic(text in "((id|sub|Stat|err|text|submit date|done_date|nw|x)[: ]{0,2}[A-Za-z0-9 :]{0,12} ?){0,12}") {
+                if let Ok(receipt) = Receipt::parse(&text) {
+                    let again = Receipt::parse(&receipt.format());
+                    prop_assert!(again.is_ok());
+                }
+            }
+
+            #[test]
+            fn formatted_receipts_parse_back(
+                id in "[0-9A-Za-z-]{1,64}",
+                stat in 0u8..=9,
+                err in 0u32..1000,
+                text in "[ -~]{0,40}",
+            ) {
+                let date = DateTime::new(2025, 11, 25, 12, 0, 0).expect("valid");
+                let state = MessageState::from_message_state(stat).expect("0..=9");
+                let sent = Receipt::for_customer(&id, date, date, state.clone(), err, &text);
+                let got = Receipt::parse(&sent.format()).expect("our text parses");
+                prop_assert_eq!(got.id, id);
+                prop_assert_eq!(got.stat, Some(state));
+                prop_assert_eq!(got.err.and_then(|e| e.value), Some(err));
+                prop_assert_eq!(got.text, sent.text);
+            }
+
+            #[test]
+            fn id_keys_agree_across_decimal_and_hex(value in any::<u64>(), zeros in 0usize..5) {
+                let padded = format!("{}{value}", "0".repeat(zeros));
+                let hex_upper = format!("{value:X}");
+                prop_assert_eq!(
+                    IdFormat::DecimalInReceiptHexInResp.key_from_receipt(&padded),
+                    IdFormat::DecimalInReceiptHexInResp.key_from_submit_resp(&hex_upper)
+                );
+                prop_assert_eq!(
+                    IdFormat::HexInReceiptDecimalInResp.key_from_receipt(&format!("{value:x}")),
+                    IdFormat::HexInReceiptDecimalInResp.key_from_submit_resp(&padded)
+                );
+            }
+        }
+    }
 }

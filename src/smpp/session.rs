@@ -1021,4 +1021,89 @@ mod tests {
         k.on_received(10);
         assert_eq!(k.last_received_ms(), 45_000, "time never runs backwards");
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Reserve { seq: u32, now_ms: u64 },
+            Respond { seq: u32, nack: bool, wrong: bool },
+            Expire { now_ms: u64 },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (1u32..12, 0u64..500).prop_map(|(seq, now_ms)| Op::Reserve { seq, now_ms }),
+                (1u32..12, any::<bool>(), any::<bool>())
+                    .prop_map(|(seq, nack, wrong)| Op::Respond { seq, nack, wrong }),
+                (0u64..700).prop_map(|now_ms| Op::Expire { now_ms }),
+            ]
+        }
+
+        proptest! {
+            /// The window behaves like a plain list of (deadline, arrival)
+            /// entries, whatever order times and responses come in.
+            #[test]
+            fn window_matches_a_simple_model(ops in proptest::collection::vec(op(), 0..200)) {
+                const CAPACITY: usize = 5;
+                const TIMEOUT_MS: u64 = 100;
+                let mut window: Window<u64> =
+                    Window::new(NonZeroUsize::new(CAPACITY).expect("positive"), TIMEOUT_MS);
+                // (deadline_ms, arrival, seq)
+                let mut model: Vec<(u64, u64, u32)> = Vec::new();
+                for (arrival, op) in (0u64..).zip(ops) {
+                    match op {
+                        Op::Reserve { seq, now_ms } => {
+                            let got = window.try_reserve(seq, CommandId::SubmitSm, now_ms, arrival);
+                            if model.iter().any(|e| e.2 == seq) {
+                                prop_assert_eq!(got, Err(ReserveError::DuplicateSequence(arrival)));
+                            } else if model.len() == CAPACITY {
+                                prop_assert_eq!(got, Err(ReserveError::WindowFull(arrival)));
+                            } else {
+                                prop_assert_eq!(got, Ok(()));
+                                model.push((now_ms + TIMEOUT_MS, arrival, seq));
+                            }
+                        }
+                        Op::Respond { seq, nack, wrong } => {
+                            let received = if nack {
+                                CommandId::GenericNack
+                            } else if wrong {
+                                CommandId::DeliverSmResp
+                            } else {
+                                CommandId::SubmitSmResp
+                            };
+                            let position = model.iter().position(|e| e.2 == seq);
+                            match (window.complete(seq, received), position) {
+                                (ResponseMatch::Matched(entry), Some(i)) if !nack && !wrong => {
+                                    prop_assert_eq!(entry.tag, model.remove(i).1);
+                                }
+                                (ResponseMatch::Nacked(entry), Some(i)) if nack => {
+                                    prop_assert_eq!(entry.tag, model.remove(i).1);
+                                }
+                                (ResponseMatch::Mismatched { .. }, Some(_)) if wrong && !nack => {}
+                                (ResponseMatch::Unknown { .. }, None) => {}
+                                (other, position) => {
+                                    prop_assert!(false, "unexpected {:?} for model position {:?}", other, position);
+                                }
+                            }
+                        }
+                        Op::Expire { now_ms } => {
+                            let got: Vec<u32> =
+                                window.expire(now_ms).map(|e| e.sequence_number).collect();
+                            let mut due: Vec<(u64, u64, u32)> =
+                                model.iter().copied().filter(|e| e.0 <= now_ms).collect();
+                            due.sort();
+                            model.retain(|e| e.0 > now_ms);
+                            let want: Vec<u32> = due.iter().map(|e| e.2).collect();
+                            prop_assert_eq!(got, want);
+                        }
+                    }
+                    prop_assert_eq!(window.len(), model.len());
+                    prop_assert_eq!(window.next_deadline_ms(), model.iter().map(|e| e.0).min());
+                }
+            }
+        }
+    }
 }

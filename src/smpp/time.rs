@@ -316,7 +316,8 @@ impl fmt::Display for ReceiptDateText {
 }
 
 /// An SMPP absolute time: the sender's local calendar time plus its offset.
-/// Kept as sent so that it formats back byte for byte.
+/// Kept as sent so that it formats back byte for byte (except `00-`, a zero
+/// offset written with a minus, which formats as `00+`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AbsoluteTime {
     pub local: DateTime,
@@ -729,5 +730,51 @@ mod tests {
         let dt = DateTime::from_unix_ms(-1).expect("in range");
         assert_eq!(dt, DateTime::new(1969, 12, 31, 23, 59, 59).expect("valid"));
         assert_eq!(DateTime::from_unix_ms(i64::MAX), Err(TimeError::OutOfRange));
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_bytes_parse_without_panic_and_reformat(field in proptest::collection::vec(any::<u8>(), 0..20)) {
+                if let Ok(parsed) = SmppTime::parse(&field) {
+                    prop_assert_eq!(SmppTime::parse(&parsed.format()), Ok(parsed));
+                }
+                let _ = SmppTime::parse_optional(&field);
+            }
+
+            #[test]
+            fn digit_strings_parse_or_fail_cleanly(digits in "[0-9]{15}[+R-]") {
+                if let Ok(parsed) = SmppTime::parse(digits.as_bytes()) {
+                    if !digits.ends_with("00-") {
+                        prop_assert_eq!(&parsed.format()[..], digits.as_bytes());
+                    }
+                    let _ = parsed.resolve_unix_ms(1_764_072_000_000);
+                }
+            }
+
+            #[test]
+            fn instants_round_trip_through_the_calendar(unix_ms in -62_000_000_000_000i64..253_000_000_000_000) {
+                let date_time = DateTime::from_unix_ms(unix_ms).expect("years 0..=9999");
+                prop_assert_eq!(date_time.to_unix_ms(), unix_ms.div_euclid(1_000) * 1_000);
+            }
+
+            #[test]
+            fn relative_times_never_panic(now_ms in any::<i64>(), fields in any::<[u8; 6]>()) {
+                let relative = RelativeTime {
+                    years: fields[0] % 100,
+                    months: fields[1] % 100,
+                    days: fields[2] % 100,
+                    hours: fields[3] % 100,
+                    minutes: fields[4] % 100,
+                    seconds: fields[5] % 100,
+                };
+                if let Ok(later) = relative.add_to(now_ms) {
+                    prop_assert!(later >= now_ms);
+                }
+            }
+        }
     }
 }
