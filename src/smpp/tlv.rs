@@ -221,7 +221,16 @@ const KNOWN: &[(u16, &str, ValueKind)] = &[
 
 /// The specification's name for a tag, e.g. `message_payload`.
 pub fn tag_name(tag: u16) -> Option<&'static str> {
-    KNOWN.iter().find(|k| k.0 == tag).map(|k| k.1)
+    known(tag).map(|k| k.1)
+}
+
+/// KNOWN is sorted by tag (a test checks), so lookups on the decode path are
+/// a binary search.
+fn known(tag: u16) -> Option<&'static (u16, &'static str, ValueKind)> {
+    KNOWN
+        .binary_search_by_key(&tag, |k| k.0)
+        .ok()
+        .and_then(|i| KNOWN.get(i))
 }
 
 pub fn tag_from_name(name: &str) -> Option<u16> {
@@ -229,7 +238,7 @@ pub fn tag_from_name(name: &str) -> Option<u16> {
 }
 
 pub fn value_kind(tag: u16) -> Option<ValueKind> {
-    KNOWN.iter().find(|k| k.0 == tag).map(|k| k.2)
+    known(tag).map(|k| k.2)
 }
 
 /// Every known tag, for tables and exhaustive tests.
@@ -356,12 +365,12 @@ impl Tlvs {
             })?;
             let tag = u16::from_be_bytes([header[0], header[1]]);
             let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-            let field = tag_name(tag).unwrap_or("tlv");
+            let field = || tag_name(tag).unwrap_or("tlv");
             let value = raw.get(pos + 4..pos + 4 + len).ok_or_else(|| {
                 DecodeError::new(
                     CommandStatus::ESME_RINVOPTPARSTREAM,
                     base_offset + pos,
-                    field,
+                    field(),
                     format!(
                         "TLV 0x{tag:04X} declares {len} octet(s) but only {} remain",
                         raw.len() - pos - 4
@@ -372,7 +381,7 @@ impl Tlvs {
                 return Err(DecodeError::new(
                     CommandStatus::ESME_RINVPARLEN,
                     base_offset + pos,
-                    field,
+                    field(),
                     format!("TLV 0x{tag:04X} {reason}"),
                 ));
             }
@@ -827,6 +836,11 @@ mod tests {
             Tlvs::parse(Bytes::copy_from_slice(t.as_bytes()), 0).unwrap(),
             t
         );
+    }
+
+    #[test]
+    fn known_tags_are_sorted_for_binary_search() {
+        assert!(KNOWN.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]

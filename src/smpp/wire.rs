@@ -127,6 +127,22 @@ impl<const N: usize> COctetString<N> {
         Some(s)
     }
 
+    /// For content the caller has already checked: shorter than N, no NUL.
+    fn from_checked(content: &[u8]) -> Self {
+        debug_assert!(
+            content.len() < N && !content.contains(&0),
+            "caller checked length and NUL"
+        );
+        let len = content.len().min(N - 1);
+        let mut s = Self::empty();
+        if let (Some(dst), Some(src)) = (s.buf.get_mut(..len), content.get(..len)) {
+            dst.copy_from_slice(src);
+        }
+        // Fits: len < N <= 256.
+        s.len = len as u8;
+        s
+    }
+
     /// Like `new` for text; None when too long or holding a NUL.
     pub fn from_text(text: &str) -> Option<Self> {
         Self::new(text.as_bytes())
@@ -336,9 +352,10 @@ impl<'a> Reader<'a> {
         match window.iter().position(|&b| b == 0) {
             Some(nul) => {
                 self.pos = start + nul + 1;
-                let s = COctetString::new(window.get(..nul).unwrap_or_default());
-                debug_assert!(s.is_some(), "content before the first NUL fits N-1");
-                Ok(s.unwrap_or_default())
+                // Everything before the first NUL: shorter than N, NUL-free.
+                Ok(COctetString::from_checked(
+                    window.get(..nul).unwrap_or_default(),
+                ))
             }
             None if window_len == N => Err(DecodeError::new(
                 status,
