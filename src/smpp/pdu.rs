@@ -116,7 +116,7 @@ pub enum Body {
 
 /// bind_transmitter, bind_receiver and bind_transceiver (4.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Bind {
     pub system_id: SystemId,
     pub password: Password,
@@ -129,7 +129,7 @@ pub struct Bind {
 
 /// bind_*_resp (4.1.2): system_id and optionally sc_interface_version.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct BindResp {
     pub system_id: SystemId,
     pub tlvs: Tlvs,
@@ -137,7 +137,7 @@ pub struct BindResp {
 
 /// outbind (4.1.7).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Outbind {
     pub system_id: SystemId,
     pub password: Password,
@@ -145,7 +145,7 @@ pub struct Outbind {
 
 /// submit_sm (4.4.1); deliver_sm (4.6.1) shares the layout.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SubmitSm {
     pub service_type: ServiceType,
     pub source_addr_ton: u8,
@@ -196,21 +196,21 @@ impl SubmitSm {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SubmitSmResp {
     pub message_id: MessageId,
 }
 
 /// deliver_sm_resp: message_id is unused and NULL in 3.4, but carried.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeliverSmResp {
     pub message_id: MessageId,
 }
 
 /// data_sm (4.7.1): addresses up to 65 octets, everything else in TLVs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DataSm {
     pub service_type: ServiceType,
     pub source_addr_ton: u8,
@@ -226,7 +226,7 @@ pub struct DataSm {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DataSmResp {
     pub message_id: MessageId,
     pub tlvs: Tlvs,
@@ -234,7 +234,7 @@ pub struct DataSmResp {
 
 /// query_sm (4.8.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct QuerySm {
     pub message_id: MessageId,
     pub source_addr_ton: u8,
@@ -243,7 +243,7 @@ pub struct QuerySm {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct QuerySmResp {
     pub message_id: MessageId,
     pub final_date: SmppTime,
@@ -253,7 +253,7 @@ pub struct QuerySmResp {
 
 /// cancel_sm (4.9.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CancelSm {
     pub service_type: ServiceType,
     pub message_id: MessageId,
@@ -267,7 +267,7 @@ pub struct CancelSm {
 
 /// replace_sm (4.10.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReplaceSm {
     pub message_id: MessageId,
     pub source_addr_ton: u8,
@@ -283,7 +283,7 @@ pub struct ReplaceSm {
 
 /// One destination of a submit_multi (4.5.1.1): dest_flag 1 or 2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "dest_flag", rename_all = "snake_case")]
+#[serde(tag = "dest_flag", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DestAddress {
     /// dest_flag 1.
     SmeAddress {
@@ -297,7 +297,7 @@ pub enum DestAddress {
 
 /// submit_multi (4.5.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SubmitMulti {
     pub service_type: ServiceType,
     pub source_addr_ton: u8,
@@ -321,7 +321,7 @@ pub struct SubmitMulti {
 
 /// One destination a submit_multi could not reach (4.5.2.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct UnsuccessSme {
     pub dest_addr_ton: u8,
     pub dest_addr_npi: u8,
@@ -331,7 +331,7 @@ pub struct UnsuccessSme {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SubmitMultiResp {
     pub message_id: MessageId,
     /// no_unsuccess on the wire is its length (at most 255).
@@ -340,7 +340,7 @@ pub struct SubmitMultiResp {
 
 /// alert_notification (4.12.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertNotification {
     pub source_addr_ton: u8,
     pub source_addr_npi: u8,
@@ -1964,5 +1964,22 @@ mod tests {
         .unwrap();
         assert_eq!(minimal.command_status, S::ESME_ROK);
         assert!(serde_json::from_str::<Pdu>(r#"{"command":"nope","sequence_number":1}"#).is_err());
+        // A misspelt field is an error, not a silently empty field.
+        let typo = serde_json::from_str::<Pdu>(
+            r#"{"command":"submit_sm","sequence_number":1,"body":{"dest_addr":"123"}}"#,
+        );
+        assert!(typo.unwrap_err().to_string().contains("dest_addr"));
+    }
+
+    #[test]
+    fn json_command_names_are_the_specification_names() {
+        for id in CommandId::ALL {
+            let pdu = Pdu::new(1, Body::empty(id));
+            assert_eq!(pdu.command_id(), id);
+            let json = serde_json::to_value(&pdu).unwrap();
+            assert_eq!(json["command"], id.name());
+            let back: Pdu = serde_json::from_value(json).unwrap();
+            assert_eq!(back, pdu);
+        }
     }
 }

@@ -635,14 +635,19 @@ impl fmt::Debug for Tlvs {
     }
 }
 
-/// JSON form of one TLV: tag as `0x001E`, its name, and the value typed when
-/// the tag is known (`value`) or as hex (`hex`). On input, `tag` may be the
-/// name or the hex number, and either `value` or `hex` gives the value.
+/// JSON form of one TLV: tag as `0x001E`, its name, its length, and the value
+/// typed when the tag is known (`value`) or as hex (`hex`). On input, `tag`
+/// may be the name or the hex number, either `value` or `hex` gives the
+/// value, and `name` and `length` are ignored.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TlvJson {
     tag: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    /// Informational on output; ignored on input (the value sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    length: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -669,6 +674,7 @@ impl Serialize for Tlvs {
             seq.serialize_element(&TlvJson {
                 tag: format!("0x{:04X}", t.tag),
                 name: t.name().map(str::to_string),
+                length: Some(t.value.len()),
                 value,
                 hex,
             })?;
@@ -863,13 +869,15 @@ mod tests {
         .unwrap();
         let json = serde_json::to_string(&t).unwrap();
         assert!(
-            json.contains("\"name\":\"receipted_message_id\",\"value\":\"id\""),
+            json.contains("\"name\":\"receipted_message_id\",\"length\":3,\"value\":\"id\""),
             "{json}"
         );
-        assert!(json.contains("\"tag\":\"0x0427\",\"name\":\"message_state\",\"value\":5"));
+        assert!(
+            json.contains("\"tag\":\"0x0427\",\"name\":\"message_state\",\"length\":1,\"value\":5")
+        );
         assert!(json.contains("\"network_type\":3"), "{json}");
         assert!(json.contains("\"error_code\":256"), "{json}");
-        assert!(json.contains("\"tag\":\"0x1400\",\"hex\":\"ee\""));
+        assert!(json.contains("\"tag\":\"0x1400\",\"length\":1,\"hex\":\"ee\""));
         let back: Tlvs = serde_json::from_str(&json).unwrap();
         assert_eq!(back, t);
         let by_name: Tlvs =
