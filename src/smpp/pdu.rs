@@ -15,7 +15,9 @@
 //! - A response may come with no body, whatever its command_status: the body
 //!   reads as empty (SMPP 5.0 makes "no body on error" explicit; some 3.4 SMSCs
 //!   also drop the body of a successful bind_resp or deliver_sm_resp).
-//! - A response with a non-zero command_status may still carry a body; we read it.
+//! - A response with a non-zero command_status may still carry a body; we read
+//!   it when we can and ignore it (reading it as empty) when it is malformed or
+//!   has trailing octets: the status is the message.
 //! - TLVs are accepted on every PDU that 3.4 allows them on whatever the bind's
 //!   interface_version; unknown tags are carried, not rejected.
 //! - receipted_message_id without its NUL is accepted (see `tlv`).
@@ -501,11 +503,24 @@ impl Pdu {
             )
         })?;
         let mut r = Reader::new(&frame, HEADER_LEN, frame.len());
+        let error_response = id.is_response() && !header.command_status.is_ok();
         let body = if id.is_response() && r.is_empty() {
             Body::empty(id)
         } else {
-            decode_body(id, &mut r)?
+            match decode_body(id, &mut r) {
+                Ok(body) => body,
+                // The status is what an error response says; a body we cannot
+                // read adds nothing worth refusing it for.
+                Err(_) if error_response => {
+                    r.rest();
+                    Body::empty(id)
+                }
+                Err(e) => return Err(e),
+            }
         };
+        if error_response && !r.is_empty() {
+            r.rest();
+        }
         if !r.is_empty() {
             return Err(DecodeError::new(
                 S::ESME_RINVCMDLEN,
@@ -1351,7 +1366,7 @@ mod tests {
 
     // submit_sm laid out field by field from SMPP 3.4 4.4.1.
     const SUBMIT_SM: &str = "
-        LLLLLLLL 00000004 00000000 00000007
+        00000045 00000004 00000000 00000007
         434D5400
         01 01 34343132333400
         01 01 34343938373600
@@ -1389,7 +1404,7 @@ mod tests {
     #[test]
     fn deliver_sm_receipt_decodes() {
         let pdu = round_trip(
-            "LLLLLLLL 00000005 00000000 00000002
+            "00000046 00000005 00000000 00000002
              00 01 01 34343938373600 01 01 34343132333400
              04 00 00 00 00 00 00 00 00 05 69643A3132
              001E 0004 31323300
@@ -1602,6 +1617,14 @@ mod tests {
             Pdu::error_response(CommandId::Outbind, 9, S::ESME_RSYSERR),
             None
         );
+        // A malformed body on an error response is ignored, not refused.
+        let sloppy = Pdu::decode(frame("00000013 80000004 00000058 00000007 783178")).unwrap();
+        assert_eq!(sloppy.body, Body::SubmitSmResp(SubmitSmResp::default()));
+        let trailing = Pdu::decode(frame("00000014 80000004 00000058 00000007 78310078")).unwrap();
+        assert_eq!(trailing.command_status, S::ESME_RTHROTTLED);
+        // But not on a successful one.
+        let e = decode_err("00000013 80000004 00000000 00000007 783178");
+        assert_eq!((e.status, e.field), (S::ESME_RINVMSGID, "message_id"));
         // data_sm_resp keeps its TLVs on error (delivery_failure_reason).
         round_trip("LLLLLLLL 80000103 000000FE 00000003 00 0425 0001 01");
     }
