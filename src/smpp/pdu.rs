@@ -1,9 +1,9 @@
 //! SMPP 3.4 PDUs: the typed form of every PDU, its decoding from one frame and
 //! its encoding, the JSON form used by the CLI, and the semantic checks the
-//! server applies to submit_sm.
+//! server applies to submit_sm and submit_multi.
 //!
 //! Owns: PDU layouts (SMPP 3.4 chapter 4), the command_status each malformed
-//! field earns, and `validate_submit`. Must not touch: framing across reads
+//! field earns, and `validate_submit` / `validate_submit_multi`. Must not touch: framing across reads
 //! (see `frame`), TLV internals (see `tlv`), sockets, sessions or the store.
 //!
 //! Allocation: decoding submit_sm, submit_sm_resp and deliver_sm allocates
@@ -1169,35 +1169,110 @@ fn digits_with_optional_plus(addr: &[u8]) -> bool {
 /// - A scheduled or validity time must be empty or 16 characters; its
 ///   content is the time module's business.
 pub fn validate_submit(sm: &SubmitSm) -> Result<(), Rejection> {
-    if !valid_ton(sm.source_addr_ton) {
+    check_source(sm.source_addr_ton, sm.source_addr_npi, &sm.source_addr)?;
+    check_destination(sm.dest_addr_ton, sm.dest_addr_npi, &sm.destination_addr)?;
+    check_submit_flags(&SubmitFlags {
+        esm_class: sm.esm_class,
+        priority_flag: sm.priority_flag,
+        registered_delivery: sm.registered_delivery,
+        replace_if_present_flag: sm.replace_if_present_flag,
+        schedule_delivery_time: &sm.schedule_delivery_time,
+        validity_period: &sm.validity_period,
+        data_coding: sm.data_coding,
+    })?;
+    check_message(&sm.short_message, &sm.tlvs, sm.esm_class)
+}
+
+/// `validate_submit` for submit_multi: the same rules for the source, the
+/// flags and the message, each SME destination checked like a submit_sm
+/// destination, and 1..=254 destinations (ESME_RINVNUMDESTS). Distribution
+/// lists pass: whether tern serves them is the server's decision.
+pub fn validate_submit_multi(sm: &SubmitMulti) -> Result<(), Rejection> {
+    check_source(sm.source_addr_ton, sm.source_addr_npi, &sm.source_addr)?;
+    if sm.dest_addresses.is_empty() || sm.dest_addresses.len() > MAX_DESTINATIONS {
+        return reject(
+            S::ESME_RINVNUMDESTS,
+            "number_of_dests",
+            format!(
+                "{} destinations; 1..={MAX_DESTINATIONS} allowed",
+                sm.dest_addresses.len()
+            ),
+        );
+    }
+    for dest in &sm.dest_addresses {
+        if let DestAddress::SmeAddress {
+            dest_addr_ton,
+            dest_addr_npi,
+            destination_addr,
+        } = dest
+        {
+            check_destination(*dest_addr_ton, *dest_addr_npi, destination_addr)?;
+        }
+    }
+    check_submit_flags(&SubmitFlags {
+        esm_class: sm.esm_class,
+        priority_flag: sm.priority_flag,
+        registered_delivery: sm.registered_delivery,
+        replace_if_present_flag: sm.replace_if_present_flag,
+        schedule_delivery_time: &sm.schedule_delivery_time,
+        validity_period: &sm.validity_period,
+        data_coding: sm.data_coding,
+    })?;
+    check_message(&sm.short_message, &sm.tlvs, sm.esm_class)
+}
+
+fn check_source(ton: u8, npi: u8, addr: &Address) -> Result<(), Rejection> {
+    if !valid_ton(ton) {
         return reject(
             S::ESME_RINVSRCTON,
             "source_addr_ton",
-            format!("TON {} is not 0..=6", sm.source_addr_ton),
+            format!("TON {ton} is not 0..=6"),
         );
     }
-    if !valid_npi(sm.source_addr_npi) {
+    if !valid_npi(npi) {
         return reject(
             S::ESME_RINVSRCNPI,
             "source_addr_npi",
-            format!("NPI {} is not a defined numbering plan", sm.source_addr_npi),
+            format!("NPI {npi} is not a defined numbering plan"),
         );
     }
-    if !valid_ton(sm.dest_addr_ton) {
+    let source = addr.as_bytes();
+    if ton == TON_ALPHANUMERIC {
+        if source.len() > MAX_ALPHANUMERIC_SOURCE_LEN
+            || source.iter().any(|b| !(b.is_ascii_graphic() || *b == b' '))
+        {
+            return reject(
+                S::ESME_RINVSRCADR,
+                "source_addr",
+                format!("alphanumeric source {addr:?} must be 1..=11 printable characters"),
+            );
+        }
+    } else if !source.is_empty() && ton == TON_INTERNATIONAL && !digits_with_optional_plus(source) {
+        return reject(
+            S::ESME_RINVSRCADR,
+            "source_addr",
+            format!("international source {addr:?} must be digits"),
+        );
+    }
+    Ok(())
+}
+
+fn check_destination(ton: u8, npi: u8, addr: &Address) -> Result<(), Rejection> {
+    if !valid_ton(ton) {
         return reject(
             S::ESME_RINVDSTTON,
             "dest_addr_ton",
-            format!("TON {} is not 0..=6", sm.dest_addr_ton),
+            format!("TON {ton} is not 0..=6"),
         );
     }
-    if !valid_npi(sm.dest_addr_npi) {
+    if !valid_npi(npi) {
         return reject(
             S::ESME_RINVDSTNPI,
             "dest_addr_npi",
-            format!("NPI {} is not a defined numbering plan", sm.dest_addr_npi),
+            format!("NPI {npi} is not a defined numbering plan"),
         );
     }
-    let dest = sm.destination_addr.as_bytes();
+    let dest = addr.as_bytes();
     if dest.is_empty() {
         return reject(
             S::ESME_RINVDSTADR,
@@ -1205,14 +1280,11 @@ pub fn validate_submit(sm: &SubmitSm) -> Result<(), Rejection> {
             "empty destination".to_string(),
         );
     }
-    if sm.dest_addr_ton == TON_INTERNATIONAL && !digits_with_optional_plus(dest) {
+    if ton == TON_INTERNATIONAL && !digits_with_optional_plus(dest) {
         return reject(
             S::ESME_RINVDSTADR,
             "destination_addr",
-            format!(
-                "international destination {:?} must be digits",
-                sm.destination_addr
-            ),
+            format!("international destination {addr:?} must be digits"),
         );
     }
     if dest.iter().any(|b| !b.is_ascii_graphic()) {
@@ -1222,77 +1294,66 @@ pub fn validate_submit(sm: &SubmitSm) -> Result<(), Rejection> {
             "destination holds non-printable characters".to_string(),
         );
     }
-    let source = sm.source_addr.as_bytes();
-    if sm.source_addr_ton == TON_ALPHANUMERIC {
-        if source.len() > MAX_ALPHANUMERIC_SOURCE_LEN
-            || source.iter().any(|b| !(b.is_ascii_graphic() || *b == b' '))
-        {
-            return reject(
-                S::ESME_RINVSRCADR,
-                "source_addr",
-                format!(
-                    "alphanumeric source {:?} must be 1..=11 printable characters",
-                    sm.source_addr
-                ),
-            );
-        }
-    } else if !source.is_empty()
-        && sm.source_addr_ton == TON_INTERNATIONAL
-        && !digits_with_optional_plus(source)
-    {
-        return reject(
-            S::ESME_RINVSRCADR,
-            "source_addr",
-            format!("international source {:?} must be digits", sm.source_addr),
-        );
-    }
-    if sm.esm_class & ESM_MESSAGE_TYPE_MASK != 0
-        && sm.esm_class & ESM_MESSAGE_TYPE_MASK != 0x08
-        && sm.esm_class & ESM_MESSAGE_TYPE_MASK != 0x10
-    {
+    Ok(())
+}
+
+/// The flag fields submit_sm and submit_multi share.
+struct SubmitFlags<'a> {
+    esm_class: u8,
+    priority_flag: u8,
+    registered_delivery: u8,
+    replace_if_present_flag: u8,
+    schedule_delivery_time: &'a SmppTime,
+    validity_period: &'a SmppTime,
+    data_coding: u8,
+}
+
+fn check_submit_flags(f: &SubmitFlags<'_>) -> Result<(), Rejection> {
+    let message_type = f.esm_class & ESM_MESSAGE_TYPE_MASK;
+    if !matches!(message_type, 0x00 | 0x08 | 0x10) {
         return reject(
             S::ESME_RINVESMCLASS,
             "esm_class",
             format!(
-                "esm_class 0x{:02X}: message type bits must be default, delivery ack or manual ack in submit_sm",
-                sm.esm_class
+                "esm_class 0x{:02X}: message type must be default, delivery ack or manual ack",
+                f.esm_class
             ),
         );
     }
-    if sm.priority_flag > 3 {
+    if f.priority_flag > 3 {
         return reject(
             S::ESME_RINVPRTFLG,
             "priority_flag",
-            format!("priority {} is not 0..=3", sm.priority_flag),
+            format!("priority {} is not 0..=3", f.priority_flag),
         );
     }
-    if sm.registered_delivery & 0xE0 != 0 {
+    if f.registered_delivery & 0xE0 != 0 {
         return reject(
             S::ESME_RINVREGDLVFLG,
             "registered_delivery",
             format!(
                 "registered_delivery 0x{:02X} sets reserved bits 5-7",
-                sm.registered_delivery
+                f.registered_delivery
             ),
         );
     }
-    if sm.replace_if_present_flag > 1 {
+    if f.replace_if_present_flag > 1 {
         return reject(
             S::ESME_RINVREPFLAG,
             "replace_if_present_flag",
             format!(
                 "replace_if_present_flag {} is not 0 or 1",
-                sm.replace_if_present_flag
+                f.replace_if_present_flag
             ),
         );
     }
     for (field, time, status) in [
         (
             "schedule_delivery_time",
-            &sm.schedule_delivery_time,
+            f.schedule_delivery_time,
             S::ESME_RINVSCHED,
         ),
-        ("validity_period", &sm.validity_period, S::ESME_RINVEXPIRY),
+        ("validity_period", f.validity_period, S::ESME_RINVEXPIRY),
     ] {
         if !time.is_empty() && time.len() != 16 {
             return reject(
@@ -1302,23 +1363,27 @@ pub fn validate_submit(sm: &SubmitSm) -> Result<(), Rejection> {
             );
         }
     }
-    if !supported_data_coding(sm.data_coding) {
+    if !supported_data_coding(f.data_coding) {
         return reject(
             S::ESME_RINVDCS,
             "data_coding",
-            format!("data_coding 0x{:02X} is not supported", sm.data_coding),
+            format!("data_coding 0x{:02X} is not supported", f.data_coding),
         );
     }
-    let payload = sm.tlvs.message_payload();
-    if !sm.short_message.is_empty() && payload.is_some() {
+    Ok(())
+}
+
+fn check_message(short_message: &Bytes, tlvs: &Tlvs, esm_class: u8) -> Result<(), Rejection> {
+    let payload = tlvs.message_payload();
+    if !short_message.is_empty() && payload.is_some() {
         return reject(
             S::ESME_RINVMSGLEN,
             "short_message",
             "both short_message and message_payload are set; sm_length must be 0".to_string(),
         );
     }
-    if sm.has_udh() {
-        let message = payload.as_ref().unwrap_or(&sm.short_message);
+    if esm_class & ESM_UDHI != 0 {
+        let message = payload.as_ref().unwrap_or(short_message);
         let udh_len = message.first().map(|l| usize::from(*l) + 1);
         if !matches!(udh_len, Some(n) if n <= message.len()) {
             return reject(
@@ -1939,6 +2004,53 @@ mod tests {
         for sm in tolerated {
             assert_eq!(validate_submit(&sm), Ok(()), "{sm:?}");
         }
+    }
+
+    #[test]
+    fn validate_submit_multi_checks_each_destination() {
+        let good = SubmitMulti {
+            source_addr_ton: 5,
+            source_addr: Address::from_text("Tern").unwrap(),
+            dest_addresses: vec![
+                DestAddress::SmeAddress {
+                    dest_addr_ton: 1,
+                    dest_addr_npi: 1,
+                    destination_addr: Address::from_text("447700900123").unwrap(),
+                },
+                DestAddress::DistributionList {
+                    dl_name: DistributionListName::from_text("staff").unwrap(),
+                },
+            ],
+            short_message: Bytes::from_static(b"hi"),
+            ..SubmitMulti::default()
+        };
+        assert_eq!(validate_submit_multi(&good), Ok(()));
+        let none = SubmitMulti {
+            dest_addresses: vec![],
+            ..good.clone()
+        };
+        assert_eq!(
+            validate_submit_multi(&none).unwrap_err().status,
+            S::ESME_RINVNUMDESTS
+        );
+        let mut bad_dest = good.clone();
+        bad_dest.dest_addresses.push(DestAddress::SmeAddress {
+            dest_addr_ton: 1,
+            dest_addr_npi: 1,
+            destination_addr: Address::from_text("44x").unwrap(),
+        });
+        assert_eq!(
+            validate_submit_multi(&bad_dest).unwrap_err().status,
+            S::ESME_RINVDSTADR
+        );
+        let bad_dcs = SubmitMulti {
+            data_coding: 6,
+            ..good
+        };
+        assert_eq!(
+            validate_submit_multi(&bad_dcs).unwrap_err().status,
+            S::ESME_RINVDCS
+        );
     }
 
     #[test]
