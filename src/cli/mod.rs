@@ -2,6 +2,8 @@
 //! subcommand. Owns: parsing, human and JSON output. Must not touch: protocol
 //! or storage internals beyond their public APIs.
 
+pub mod pdu;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -22,27 +24,12 @@ pub struct Cli {
 pub enum Command {
     /// Decode or encode SMPP PDUs: the first tool when troubleshooting an operator link.
     #[command(subcommand)]
-    Pdu(PduCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PduCommand {
-    /// Decode a PDU given as hex (argument or stdin; spaces, newlines and 0x tolerated).
-    Decode {
-        /// The PDU in hex. Read from stdin when absent.
-        hex: Option<String>,
-        /// Print JSON instead of a readable listing.
-        #[arg(long)]
-        json: bool,
-    },
+    Pdu(pdu::PduCommand),
 }
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
-        Command::Pdu(PduCommand::Decode { .. }) => {
-            eprintln!("tern: pdu decode is not built yet");
-            2
-        }
+        Command::Pdu(command) => pdu::run(command),
     }
 }

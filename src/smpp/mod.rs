@@ -18,6 +18,7 @@ pub mod status;
 pub mod text;
 pub mod time;
 pub mod tlv;
+pub mod wire;
 
 pub use command::CommandId;
 pub use status::CommandStatus;
