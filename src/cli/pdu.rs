@@ -449,7 +449,49 @@ fn describe(pdu: &Pdu, len: usize) -> String {
     if let Some((text, how)) = message_text(pdu) {
         s.push_str(&format!("  {:<24} {text:?}\n", format!("text ({how})")));
     }
+    if let Some(receipt) = receipt_summary(pdu) {
+        s.push_str(&format!("  {:<24} {receipt}\n", "receipt"));
+    }
     s
+}
+
+/// For a delivery receipt: what tern would match and report, with the TLVs
+/// winning over the text as they do in the gateway.
+fn receipt_summary(pdu: &Pdu) -> Option<String> {
+    let (esm_class, message, tlvs) = match &pdu.body {
+        Body::DeliverSm(m) => (m.esm_class, m.message(), &m.tlvs),
+        Body::DataSm(m) => (
+            m.esm_class,
+            m.tlvs.message_payload().unwrap_or_default(),
+            &m.tlvs,
+        ),
+        _ => return None,
+    };
+    let receipted_id = tlvs.receipted_message_id();
+    let found = crate::smpp::receipt::identify_receipt(
+        esm_class,
+        &message,
+        receipted_id.as_ref().map(|id| id.as_bytes()),
+        tlvs.message_state(),
+        tlvs.network_error_code(),
+        crate::smpp::receipt::ReceiptSyntax::default(),
+    );
+    match found {
+        Ok(Some(r)) => {
+            let receipt = r.receipt;
+            let stat = receipt.stat.as_ref().map_or("-", |s| s.stat_text());
+            let err = receipt.err.as_ref().map_or("-", |e| e.text.as_str());
+            let done = receipt
+                .done_date
+                .map_or_else(|| "-".to_string(), |d| d.to_string());
+            Some(format!(
+                "{:?} id={} stat={stat} err={err} done={done}",
+                r.kind, receipt.id
+            ))
+        }
+        Ok(None) => None,
+        Err(e) => Some(format!("unreadable receipt: {e}")),
+    }
 }
 
 fn tlvs_of(body: &Body) -> Option<&Tlvs> {
@@ -591,69 +633,26 @@ fn message_text(pdu: &Pdu) -> Option<(String, &'static str)> {
     Some(text::decode(data_coding, text_part))
 }
 
-/// A minimal text decoder for display only. To be replaced by `smpp::text`
-/// once that module lands; it is private so nothing else comes to rely on it.
+/// Display-only text decoding on top of `smpp::text`: binary (and codings we
+/// do not support) are shown as hex rather than refused, since a person reading
+/// a capture wants to see the octets either way.
 mod text {
-    /// GSM 03.38 default alphabet, one septet per octet as SMPP carries it.
-    const GSM_BASIC: [char; 128] = [
-        '@', '£', '$', '¥', 'è', 'é', 'ù', 'ì', 'ò', 'Ç', '\n', 'Ø', 'ø', '\r', 'Å', 'å', 'Δ', '_',
-        'Φ', 'Γ', 'Λ', 'Ω', 'Π', 'Ψ', 'Σ', 'Θ', 'Ξ', '\u{1B}', 'Æ', 'æ', 'ß', 'É', ' ', '!', '"',
-        '#', '¤', '%', '&', '\'', '(', ')', '*', '+', ',', '-', '.', '/', '0', '1', '2', '3', '4',
-        '5', '6', '7', '8', '9', ':', ';', '<', '=', '>', '?', '¡', 'A', 'B', 'C', 'D', 'E', 'F',
-        'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X',
-        'Y', 'Z', 'Ä', 'Ö', 'Ñ', 'Ü', '§', '¿', 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j',
-        'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 'ä', 'ö',
-        'ñ', 'ü', 'à',
-    ];
-
-    fn gsm_extension(septet: u8) -> Option<char> {
-        Some(match septet {
-            0x0A => '\u{0C}',
-            0x14 => '^',
-            0x28 => '{',
-            0x29 => '}',
-            0x2F => '\\',
-            0x3C => '[',
-            0x3D => '~',
-            0x3E => ']',
-            0x40 => '|',
-            0x65 => '€',
-            _ => return None,
-        })
-    }
-
-    fn gsm(octets: &[u8]) -> String {
-        let mut out = String::with_capacity(octets.len());
-        let mut iter = octets.iter().map(|o| o & 0x7F);
-        while let Some(septet) = iter.next() {
-            if septet == 0x1B {
-                match iter.next() {
-                    Some(next) => out.push(gsm_extension(next).unwrap_or(' ')),
-                    None => out.push(' '),
-                }
-            } else {
-                out.push(GSM_BASIC.get(usize::from(septet)).copied().unwrap_or('?'));
-            }
-        }
-        out
-    }
-
-    fn ucs2(octets: &[u8]) -> String {
-        let units = octets
-            .chunks(2)
-            .map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
-        char::decode_utf16(units)
-            .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
-            .collect()
-    }
+    use crate::smpp::text::{self, DataCoding, DefaultAlphabet, Encoding};
 
     pub fn decode(data_coding: u8, octets: &[u8]) -> (String, &'static str) {
-        match data_coding {
-            0 | 0xF0..=0xF3 => (gsm(octets), "GSM 03.38"),
-            1 => (String::from_utf8_lossy(octets).into_owned(), "ASCII"),
-            3 => (octets.iter().map(|&b| char::from(b)).collect(), "Latin-1"),
-            8 => (ucs2(octets), "UCS-2"),
-            _ => (hex::encode(octets), "binary, shown as hex"),
+        let Ok(coding) = DataCoding::from_smpp(data_coding, DefaultAlphabet::Gsm7) else {
+            return (hex::encode(octets), "unsupported data_coding, shown as hex");
+        };
+        let how = match coding.encoding {
+            Encoding::Gsm7 => "GSM 03.38",
+            Encoding::Ascii => "ASCII",
+            Encoding::Latin1 => "Latin-1",
+            Encoding::Ucs2 => "UCS-2",
+            Encoding::Binary => return (hex::encode(octets), "binary, shown as hex"),
+        };
+        match text::decode(coding, octets) {
+            Ok(decoded) => (decoded, how),
+            Err(_) => (hex::encode(octets), "binary, shown as hex"),
         }
     }
 

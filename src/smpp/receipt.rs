@@ -156,13 +156,8 @@ impl ReceiptNumber {
     }
 }
 
-/// The network_error_code TLV (0x0423): network type (1 ANSI-136, 2 IS-95,
-/// 3 GSM, ...) and the network's own error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct NetworkErrorCode {
-    pub network_type: u8,
-    pub error_code: u16,
-}
+/// The network_error_code TLV (0x0423), as the codec reads it.
+pub use crate::smpp::tlv::NetworkErrorCode;
 
 /// A delivery receipt, however it arrived. Fields the text did not carry are
 /// `None`. When TLVs overrode a text field, the text's value is kept in

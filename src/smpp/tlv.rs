@@ -247,7 +247,7 @@ pub fn known_tags() -> impl Iterator<Item = u16> {
 }
 
 /// network_error_code (0x0423): which network reported the error, and its code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NetworkErrorCode {
     /// 1 ANSI-136, 2 IS-95, 3 GSM, 4 ANSI-41 (SMPP 3.4 5.3.2.31).
     pub network_type: u8,
