@@ -344,7 +344,7 @@ fn recovery_truncates_at_every_byte_offset_of_the_last_record() {
     let good_len = file_len(&disk, &name);
     let mut last = entry(6, 1, &[9u8; 40]);
     last.context = b"context".to_vec().into();
-    log.append(&[last.clone()]).unwrap();
+    log.append(std::slice::from_ref(&last)).unwrap();
     log.sync().unwrap();
     let full = disk.durable_bytes(&name).unwrap();
     drop(log);
@@ -376,7 +376,7 @@ fn recovery_truncates_at_every_byte_offset_of_the_last_record() {
         );
         // Appending after recovery leaves no garbage in the middle.
         let replacement = entry(6, 2, b"after recovery");
-        log.append(&[replacement.clone()]).unwrap();
+        log.append(std::slice::from_ref(&replacement)).unwrap();
         log.sync().unwrap();
         drop(log);
         let (_, recovered) = reopen(&torn, LogOptions::default());
@@ -708,4 +708,172 @@ fn fs_disk_round_trip_and_exclusive_lock() {
     let disk = FsDisk::open(dir.path()).unwrap();
     let (_, recovered) = RaftLog::open(disk, small()).unwrap();
     assert_eq!(indexes(&recovered), (41..=100).collect::<Vec<_>>());
+}
+
+/// What the log must hold, maintained by the obvious rules.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    entries: Vec<Entry>,
+    snapshot_index: u64,
+    snapshot_term: u64,
+    hard_state: HardState,
+    conf_state: ConfState,
+}
+
+impl Model {
+    fn last_index(&self) -> u64 {
+        self.entries.last().map_or(self.snapshot_index, |e| e.index)
+    }
+    fn term_at(&self, index: u64) -> Option<u64> {
+        if index == self.snapshot_index {
+            return Some(self.snapshot_term);
+        }
+        self.entries
+            .iter()
+            .find(|e| e.index == index)
+            .map(|e| e.term)
+    }
+    fn append(&mut self, batch: &[Entry]) {
+        let first = batch[0].index;
+        self.entries.retain(|e| e.index < first);
+        self.entries.extend_from_slice(batch);
+    }
+    fn snapshot(&mut self, index: u64, term: u64, conf_state: &ConfState) {
+        if self.term_at(index) == Some(term) {
+            self.entries.retain(|e| e.index > index);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        self.conf_state = conf_state.clone();
+    }
+    fn check(&self, recovered: &Recovered, context: &str) {
+        assert_eq!(
+            indexes(recovered),
+            self.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            "{context}"
+        );
+        assert_eq!(recovered.entries, self.entries, "{context}");
+        assert_eq!(
+            (recovered.snapshot_index, recovered.snapshot_term),
+            (self.snapshot_index, self.snapshot_term),
+            "{context}"
+        );
+        assert_eq!(recovered.hard_state, self.hard_state, "{context}");
+        assert_eq!(recovered.conf_state, self.conf_state, "{context}");
+        assert_eq!(recovered.dropped_bytes, 0, "{context}");
+    }
+}
+
+/// Seeded random operations against the model: appends with suffix
+/// replacement, metadata, local and leader snapshots, compaction, syncs,
+/// crashes that lose the unsynced buffer, and clean reopens.
+#[test]
+fn random_operations_match_the_model() {
+    let mut segments_removed = 0;
+    for seed in 0..60u64 {
+        let mut rng = sim_disk::SplitMix::new(seed);
+        let disk = SimDisk::new();
+        let (mut log, _) = reopen(&disk, small());
+        let mut model = Model::default();
+        let mut synced = Model::default();
+        let mut term = 1u64;
+        for step in 0..400 {
+            let context = format!("seed {seed} step {step}");
+            match rng.below(100) {
+                0..=44 => {
+                    let last = model.last_index();
+                    let start = if rng.below(4) == 0 {
+                        term += 1;
+                        model.snapshot_index + 1 + rng.below(last - model.snapshot_index + 1)
+                    } else {
+                        last + 1
+                    };
+                    let count = 1 + rng.below(20);
+                    let batch: Vec<Entry> = (start..start + count)
+                        .map(|i| {
+                            let len = rng.below(300) as usize;
+                            entry(i, term, &vec![(i % 251) as u8; len])
+                        })
+                        .collect();
+                    log.append(&batch).unwrap();
+                    model.append(&batch);
+                }
+                45..=54 => {
+                    let hard_state = HardState {
+                        term,
+                        vote: rng.below(4),
+                        commit: rng.below(model.last_index() + 1),
+                        ..HardState::default()
+                    };
+                    log.set_hard_state(&hard_state).unwrap();
+                    model.hard_state = hard_state;
+                }
+                55..=59 => {
+                    let mut conf_state = ConfState::default();
+                    conf_state.set_voters((1..=1 + rng.below(5)).collect());
+                    log.set_conf_state(&conf_state).unwrap();
+                    model.conf_state = conf_state;
+                }
+                60..=67 => {
+                    let mut conf_state = ConfState::default();
+                    conf_state.set_voters(vec![1, 2, 3]);
+                    conf_state.set_learners(vec![rng.below(10)]);
+                    let last = model.last_index();
+                    let (index, snap_term) = if rng.below(5) > 0 {
+                        let index =
+                            model.snapshot_index + rng.below(last - model.snapshot_index + 1);
+                        (index, model.term_at(index).unwrap_or(term))
+                    } else {
+                        term += 1;
+                        (
+                            model.snapshot_index + rng.below(last - model.snapshot_index + 20),
+                            term,
+                        )
+                    };
+                    log.set_snapshot(index, snap_term, &conf_state).unwrap();
+                    model.snapshot(index, snap_term, &conf_state);
+                }
+                68..=87 => {
+                    log.sync().unwrap();
+                    synced = model.clone();
+                }
+                88..=92 => {
+                    let upto = rng.below(model.last_index() + 2);
+                    segments_removed += log.compact(upto).unwrap();
+                }
+                93..=96 => {
+                    drop(log);
+                    let (reopened, recovered) = reopen(&disk, small());
+                    synced.check(&recovered, &context);
+                    log = reopened;
+                    model = synced.clone();
+                }
+                _ => {
+                    log.sync().unwrap();
+                    synced = model.clone();
+                    drop(log);
+                    let (reopened, recovered) = reopen(&disk, small());
+                    model.check(&recovered, &context);
+                    log = reopened;
+                }
+            }
+            assert_eq!(log.last_index(), model.last_index(), "{context}");
+            let probe = model.last_index().saturating_sub(rng.below(5));
+            assert_eq!(
+                log.term_at(probe),
+                model.term_at(probe),
+                "{context} probe {probe}"
+            );
+        }
+        log.sync().unwrap();
+        drop(log);
+        let (_, recovered) = reopen(&disk, small());
+        model.check(&recovered, &format!("seed {seed} end"));
+    }
+    assert!(
+        segments_removed > 50,
+        "compaction exercised: {segments_removed}"
+    );
 }
