@@ -232,7 +232,7 @@ impl Replay {
                     return Ok(());
                 }
                 if let Some(last) = self.entries.back().map(|e| e.index) {
-                    if index > last + 1 {
+                    if index > last.saturating_add(1) {
                         return Err(StoreError::Corrupt(format!(
                             "raft log jumps from index {last} to {index}"
                         )));
@@ -283,7 +283,7 @@ impl Replay {
 
     fn finish(mut self) -> Result<Recovered, StoreError> {
         if let Some(first) = self.entries.front().map(|e| e.index) {
-            if first != self.recovered.snapshot_index + 1 {
+            if Some(first) != self.recovered.snapshot_index.checked_add(1) {
                 return Err(StoreError::Corrupt(format!(
                     "raft log starts at index {first} but its snapshot is at {}",
                     self.recovered.snapshot_index
@@ -327,7 +327,7 @@ impl<D: LogDisk> RaftLog<D> {
         let mut damaged = false;
         let mut dir_changed = false;
         let count = names.len();
-        let next_seq = names.last().map_or(1, |(seq, _, _)| seq + 1);
+        let next_seq = names.last().map_or(1, |(seq, _, _)| seq.saturating_add(1));
         for (position, (seq, first_index, name)) in names.into_iter().enumerate() {
             let bytes = disk.read(&name)?;
             if damaged {
@@ -451,7 +451,7 @@ impl<D: LogDisk> RaftLog<D> {
     /// Starts a new active segment (created on disk at the next sync) with its
     /// header and a checkpoint of the metadata.
     fn start_segment(&mut self, seq: u64) {
-        let first_index = self.last_index + 1;
+        let first_index = self.last_index.saturating_add(1);
         let name = format::segment_name(seq, first_index);
         debug_assert!(
             self.buffer.is_empty(),
@@ -501,7 +501,7 @@ impl<D: LogDisk> RaftLog<D> {
         if !bytes.is_empty() || !self.active().created {
             self.sealed.push(SealedChunk { seq, bytes });
         }
-        self.start_segment(seq + 1);
+        self.start_segment(seq.saturating_add(1));
     }
 
     fn check_usable(&self) -> Result<(), StoreError> {
@@ -528,7 +528,7 @@ impl<D: LogDisk> RaftLog<D> {
                 first.index, self.snapshot_index
             )));
         }
-        if first.index > self.last_index + 1 {
+        if first.index > self.last_index.saturating_add(1) {
             return Err(misuse(format!(
                 "append at index {} leaves a gap after {}",
                 first.index, self.last_index
@@ -536,7 +536,7 @@ impl<D: LogDisk> RaftLog<D> {
         }
         let mut reserve_bytes = 0usize;
         for (i, entry) in entries.iter().enumerate() {
-            if entry.index != first.index + i as u64 {
+            if Some(entry.index) != first.index.checked_add(i as u64) {
                 return Err(misuse(format!(
                     "appended entries are not contiguous at index {}",
                     entry.index
@@ -666,47 +666,34 @@ impl<D: LogDisk> RaftLog<D> {
         }
     }
 
+    /// Writes the sealed chunks, then the active buffer, each followed by an
+    /// fdatasync. A segment created here has its directory entry fsynced before
+    /// the next segment is created, so that after a power cut at most the
+    /// newest segment's name can be missing, never one in the middle.
     fn write_and_sync(&mut self) -> std::io::Result<()> {
-        let mut created_any = false;
         let mut fsyncs = 0u64;
         let mut bytes_written = 0u64;
         let sealed = std::mem::take(&mut self.sealed);
         for chunk in &sealed {
-            let Some(segment) = self.segments.iter_mut().find(|s| s.seq == chunk.seq) else {
+            let Some(position) = self.segments.iter().position(|s| s.seq == chunk.seq) else {
                 debug_assert!(false, "a sealed chunk's segment is tracked until synced");
                 continue;
             };
-            if !segment.created {
-                self.disk.create(&segment.name)?;
-                segment.created = true;
-                created_any = true;
-                self.stats.segments_created += 1;
-            }
-            self.disk.append(&segment.name, &chunk.bytes)?;
-            self.disk.sync(&segment.name)?;
-            fsyncs += 1;
+            fsyncs += self.write_segment(position, &chunk.bytes)?;
             bytes_written += chunk.bytes.len() as u64;
         }
-        let Some(active) = self.segments.back_mut() else {
-            return Err(std::io::Error::other("raft log has no active segment"));
-        };
-        if !active.created {
-            self.disk.create(&active.name)?;
-            active.created = true;
-            created_any = true;
-            self.stats.segments_created += 1;
-        }
-        if !self.buffer.is_empty() {
-            self.disk.append(&active.name, &self.buffer)?;
-            self.disk.sync(&active.name)?;
-            fsyncs += 1;
-            bytes_written += self.buffer.len() as u64;
-            self.buffer.clear();
-        }
-        if created_any {
-            self.disk.sync_dir()?;
-            fsyncs += 1;
-        }
+        let active = self
+            .segments
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| std::io::Error::other("raft log has no active segment"))?;
+        let buffer = std::mem::take(&mut self.buffer);
+        let result = self.write_segment(active, &buffer);
+        // Keep the buffer's capacity for the next batch either way.
+        self.buffer = buffer;
+        fsyncs += result?;
+        bytes_written += self.buffer.len() as u64;
+        self.buffer.clear();
         for segment in self.segments.iter_mut() {
             segment.durable = segment.created;
         }
@@ -722,6 +709,31 @@ impl<D: LogDisk> RaftLog<D> {
         Ok(())
     }
 
+    /// Creates the segment at `position` if needed, appends `bytes` and makes
+    /// both durable. Returns the number of fsync calls made.
+    fn write_segment(&mut self, position: usize, bytes: &[u8]) -> std::io::Result<u64> {
+        let Some(segment) = self.segments.get_mut(position) else {
+            return Err(std::io::Error::other("raft log segment vanished"));
+        };
+        let mut fsyncs = 0;
+        let created_now = !segment.created;
+        if created_now {
+            self.disk.create(&segment.name)?;
+            segment.created = true;
+            self.stats.segments_created += 1;
+        }
+        if !bytes.is_empty() {
+            self.disk.append(&segment.name, bytes)?;
+            self.disk.sync(&segment.name)?;
+            fsyncs += 1;
+        }
+        if created_now {
+            self.disk.sync_dir()?;
+            fsyncs += 1;
+        }
+        Ok(fsyncs)
+    }
+
     /// Removes whole segments whose entries are all at or below
     /// min(`upto_index`, the synced snapshot index). Never removes the active
     /// segment, nor one whose successor (holding the checkpoint that replaces
@@ -730,6 +742,7 @@ impl<D: LogDisk> RaftLog<D> {
         self.check_usable()?;
         let bound = upto_index.min(self.synced_snapshot_index);
         let mut removed = 0usize;
+        let mut result = Ok(());
         while self.segments.len() >= 2 {
             let (Some(oldest), Some(next)) = (self.segments.front(), self.segments.get(1)) else {
                 break;
@@ -737,18 +750,22 @@ impl<D: LogDisk> RaftLog<D> {
             if !oldest.durable || !next.durable || oldest.max_entry_index > bound {
                 break;
             }
-            let name = oldest.name.clone();
-            self.disk.remove(&name)?;
+            if let Err(e) = self.disk.remove(&oldest.name) {
+                result = Err(StoreError::Io(e));
+                break;
+            }
             self.segments.pop_front();
             removed += 1;
         }
         if removed > 0 {
+            // Even after a failed removal, the ones that went must not come
+            // back after a power cut while the log believes them gone.
             self.disk.sync_dir()?;
             self.stats.fsyncs += 1;
             self.stats.segments_removed += removed as u64;
             self.stats.live_segments = self.segments.len() as u64;
         }
-        Ok(removed)
+        result.map(|()| removed)
     }
 
     /// Counters since open.
