@@ -21,6 +21,37 @@
 //!   index; an entry at an index already in the log replaces it and everything
 //!   after it (raft's suffix replacement); replay resolves to the last write.
 
+//! Use from a raft Ready loop (raft-rs order):
+//!
+//! ```
+//! use raft::eraftpb::{ConfState, Entry, HardState};
+//! use tern::store::wal::{LogOptions, RaftLog, SimDisk};
+//!
+//! # fn main() -> Result<(), tern::store::StoreError> {
+//! let disk = SimDisk::new();
+//! let (mut log, recovered) = RaftLog::open(disk.clone(), LogOptions::default())?;
+//! assert!(recovered.entries.is_empty());
+//! // For each Ready: a snapshot first (only once its data is durable
+//! // elsewhere), then entries and hard state, then one sync for all of them.
+//! let entries: Vec<Entry> = (1..=3)
+//!     .map(|index| Entry { index, term: 1, data: b"cmd".to_vec().into(), ..Entry::default() })
+//!     .collect();
+//! log.append(&entries)?;
+//! log.set_hard_state(&HardState { term: 1, vote: 1, commit: 0, ..HardState::default() })?;
+//! log.sync()?; // now send persisted_messages()
+//! // After applying and taking a state snapshot at 2 that is durable:
+//! log.set_snapshot(2, 1, &ConfState::default())?;
+//! log.sync()?;
+//! log.compact(2)?;
+//! drop(log);
+//! disk.power_cut(7);
+//! let (_, recovered) = RaftLog::open(disk, LogOptions::default())?;
+//! assert_eq!(recovered.snapshot_index, 2);
+//! assert_eq!(recovered.entries.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
 mod disk;
 mod format;
 mod sim_disk;
@@ -42,6 +73,10 @@ pub struct LogOptions {
     /// Values below `MIN_SEGMENT_SIZE_BYTES` are raised to it.
     pub segment_size_bytes: u64,
 }
+
+/// Write buffer capacity kept between syncs; batches up to this size reuse it
+/// without allocating.
+const RETAINED_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// Smallest segment size honoured: a new segment's header and checkpoint must
 /// fit well inside one, or every record would roll.
@@ -694,6 +729,11 @@ impl<D: LogDisk> RaftLog<D> {
         fsyncs += result?;
         bytes_written += self.buffer.len() as u64;
         self.buffer.clear();
+        if self.buffer.capacity() > RETAINED_BUFFER_BYTES {
+            // One huge batch (a catching-up follower) must not pin its
+            // buffer for the life of the log.
+            self.buffer.shrink_to(RETAINED_BUFFER_BYTES);
+        }
         for segment in self.segments.iter_mut() {
             segment.durable = segment.created;
         }

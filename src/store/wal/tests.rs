@@ -1015,3 +1015,50 @@ fn extreme_indexes_do_not_overflow() {
     assert_eq!(indexes(&recovered), vec![u64::MAX]);
     assert_eq!(recovered.entries[0].term, 2);
 }
+
+#[test]
+fn logs_can_move_to_the_store_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<RaftLog<FsDisk>>();
+    assert_send::<RaftLog<SimDisk>>();
+    assert_send::<Recovered>();
+}
+
+#[test]
+fn fs_disk_truncates_a_garbage_tail_physically() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = RaftLog::open(FsDisk::open(dir.path()).unwrap(), small()).unwrap();
+    log.append(&entries(1..=5, 1)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let segment = dir.path().join(format::segment_name(1, 1));
+    let good_len = std::fs::metadata(&segment).unwrap().len();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all(&[0x17, 0, 0, 0, 1, 2, 3, 4, 1, 9, 9])
+        .unwrap();
+    drop(file);
+
+    let (mut log, recovered) = RaftLog::open(FsDisk::open(dir.path()).unwrap(), small()).unwrap();
+    assert_eq!(indexes(&recovered), (1..=5).collect::<Vec<_>>());
+    assert_eq!(recovered.dropped_bytes, 11);
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), good_len);
+    log.append(&entries(6..=6, 1)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (_, recovered) = RaftLog::open(FsDisk::open(dir.path()).unwrap(), small()).unwrap();
+    assert_eq!(indexes(&recovered), (1..=6).collect::<Vec<_>>());
+}
+
+#[test]
+fn fs_disk_creates_a_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a").join("raft-log");
+    let (mut log, _) = RaftLog::open(FsDisk::open(&nested).unwrap(), small()).unwrap();
+    log.append(&entries(1..=2, 1)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.disk().dir(), nested.as_path());
+}
