@@ -21,6 +21,7 @@
 //!   index; an entry at an index already in the log replaces it and everything
 //!   after it (raft's suffix replacement); replay resolves to the last write.
 
+//!
 //! Use from a raft Ready loop (raft-rs order):
 //!
 //! ```
