@@ -20,7 +20,6 @@
 //! - Entries in the log are contiguous and start right after the snapshot
 //!   index; an entry at an index already in the log replaces it and everything
 //!   after it (raft's suffix replacement); replay resolves to the last write.
-
 //!
 //! Use from a raft Ready loop (raft-rs order):
 //!
