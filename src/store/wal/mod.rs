@@ -244,6 +244,14 @@ fn misuse(message: String) -> StoreError {
     StoreError::Raft(message)
 }
 
+/// A change recovery makes to the files once the log has replayed.
+enum Repair {
+    /// Cut a torn or corrupt tail off (the length is durable when it returns).
+    Truncate(String, u64),
+    /// Remove a segment past the cut, or one with a torn header.
+    Remove(String),
+}
+
 /// The replay of a record stream into the state `open` returns.
 struct Replay {
     recovered: Recovered,
@@ -360,40 +368,42 @@ impl<D: LogDisk> RaftLog<D> {
         let mut segments = VecDeque::new();
         let mut dropped_bytes = 0u64;
         let mut damaged = false;
-        let mut dir_changed = false;
+        // Repairs wait until the whole log has replayed: a log that turns out
+        // unreadable (newer version, gap) is left exactly as found.
+        let mut repairs: Vec<Repair> = Vec::new();
         let count = names.len();
         let next_seq = names.last().map_or(1, |(seq, _, _)| seq.saturating_add(1));
         for (position, (seq, first_index, name)) in names.into_iter().enumerate() {
             let bytes = disk.read(&name)?;
+            let header = format::decode_header(&bytes);
+            if let Err(HeaderError::NewerVersion(version)) = header {
+                return Err(StoreError::Corrupt(format!(
+                    "raft log segment {name} has format version {version}; this binary \
+                     reads up to {}",
+                    format::FORMAT_VERSION
+                )));
+            }
             if damaged {
                 // Everything after a cut is unreachable: a hole in the record
                 // stream would let a later record reorder history.
                 dropped_bytes += bytes.len() as u64;
-                disk.remove(&name)?;
-                dir_changed = true;
+                repairs.push(Repair::Remove(name));
                 continue;
             }
-            let header = match format::decode_header(&bytes) {
+            let header = match header {
                 Ok(header) => header,
-                Err(HeaderError::NewerVersion(version)) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "raft log segment {name} has format version {version}; this binary \
-                         reads up to {}",
-                        format::FORMAT_VERSION
-                    )));
-                }
                 Err(HeaderError::Invalid) if position + 1 == count => {
                     // The newest segment's header is written with its first
                     // records in one sync; a torn header means nothing in it was
                     // ever synced.
                     tracing::warn!(segment = %name, "removing raft log segment with a torn header");
                     dropped_bytes += bytes.len() as u64;
-                    disk.remove(&name)?;
-                    dir_changed = true;
+                    repairs.push(Repair::Remove(name));
                     damaged = true;
                     continue;
                 }
-                Err(HeaderError::Invalid) => {
+                // Newer versions were refused above.
+                Err(HeaderError::Invalid | HeaderError::NewerVersion(_)) => {
                     return Err(StoreError::Corrupt(format!(
                         "raft log segment {name} has an invalid header"
                     )));
@@ -426,7 +436,7 @@ impl<D: LogDisk> RaftLog<D> {
                             "truncating raft log at a torn or corrupt record"
                         );
                         dropped_bytes += (bytes.len() - offset) as u64;
-                        disk.truncate(&name, offset as u64)?;
+                        repairs.push(Repair::Truncate(name.clone(), offset as u64));
                         damaged = true;
                         break;
                     }
@@ -441,11 +451,21 @@ impl<D: LogDisk> RaftLog<D> {
                 durable: true,
             });
         }
-        if dir_changed {
-            disk.sync_dir()?;
-        }
         let mut recovered = replay.finish()?;
         recovered.dropped_bytes = dropped_bytes;
+        let mut removed_any = false;
+        for repair in repairs {
+            match repair {
+                Repair::Truncate(name, len_bytes) => disk.truncate(&name, len_bytes)?,
+                Repair::Remove(name) => {
+                    disk.remove(&name)?;
+                    removed_any = true;
+                }
+            }
+        }
+        if removed_any {
+            disk.sync_dir()?;
+        }
 
         let mut terms = TermRuns::default();
         for entry in &recovered.entries {

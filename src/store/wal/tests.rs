@@ -1062,3 +1062,39 @@ fn fs_disk_creates_a_missing_directory() {
     log.sync().unwrap();
     assert_eq!(log.disk().dir(), nested.as_path());
 }
+
+#[test]
+fn an_unreadable_log_is_left_exactly_as_found() {
+    let disk = SimDisk::new();
+    let (mut log, _) = reopen(&disk, small());
+    for i in 1..=60 {
+        log.append(&[entry(i, 1, &[0u8; 200])]).unwrap();
+        log.sync().unwrap();
+    }
+    drop(log);
+    let files = disk.files();
+    assert!(files.len() >= 3);
+    // A torn tail in the first segment, and a later segment from a newer
+    // format: opening must fail without truncating or removing anything.
+    let first = files[0].0.clone();
+    assert!(disk.corrupt_byte(&first, files[0].1 - 3, 0xff));
+    let newest = files[files.len() - 1].0.clone();
+    let mut bytes = disk.durable_bytes(&newest).unwrap();
+    bytes[8] = 9;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[0..12]), &bytes[16..32]);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    disk.put_durable(&newest, &bytes);
+    let before: Vec<(String, Option<Vec<u8>>)> = files
+        .iter()
+        .map(|(name, _)| (name.clone(), disk.durable_bytes(name)))
+        .collect();
+    assert!(matches!(
+        RaftLog::open(disk.clone(), small()),
+        Err(StoreError::Corrupt(_))
+    ));
+    let after: Vec<(String, Option<Vec<u8>>)> = files
+        .iter()
+        .map(|(name, _)| (name.clone(), disk.durable_bytes(name)))
+        .collect();
+    assert_eq!(before, after);
+}
