@@ -90,7 +90,8 @@ impl Default for LogOptions {
     }
 }
 
-/// What `open` found on disk: exactly what was synced, minus torn tails.
+/// What `open` found on disk: everything that was synced, plus any later
+/// records that reached the disk whole before the crash (never part of one).
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
     pub hard_state: HardState,
