@@ -8,6 +8,8 @@
 
 pub mod command;
 pub mod id;
+pub mod kv;
+pub mod snapshot;
 pub mod state;
 
 use std::fmt;
