@@ -125,6 +125,9 @@ pub struct Account {
     /// How long finished messages are kept; 0 = the cluster default.
     pub retention_s: u64,
     pub enabled: bool,
+    /// Where DLRs and MOs go for an HTTP customer; with it, deliveries do not
+    /// wait for an SMPP receiver bind.
+    pub webhook_url: Option<String>,
 }
 
 /// An operator SMSC the appliance submits to.

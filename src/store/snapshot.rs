@@ -325,6 +325,7 @@ mod tests {
             allowed_senders: vec![],
             retention_s: 0,
             enabled: true,
+            webhook_url: None,
         })
         .encode();
         state.apply(index, &[command.as_slice()]);

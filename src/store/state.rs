@@ -575,7 +575,10 @@ impl AppState {
             Command::NodeUp { node, incarnation } => self.apply_node_up(node, incarnation),
             Command::NodeDown { node } => self.apply_node_down(node),
             Command::UpsertAccount(account) => {
-                self.core.accounts.insert(account.name.clone(), account);
+                let name = account.name.clone();
+                self.core.accounts.insert(name.clone(), account);
+                // A webhook added to an account lets its waiting deliveries go.
+                self.retarget_waiting(&name);
                 ApplyOutcome::Applied
             }
             Command::RemoveAccount { name } => removed(self.core.accounts.remove(&name)),
@@ -976,15 +979,7 @@ impl AppState {
             },
         );
         if kind.receives() {
-            let waiting: Vec<MessageId> = self
-                .ix
-                .waiting_by_account
-                .get(&account)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
-            for id in waiting {
-                self.retarget(id);
-            }
+            self.retarget_waiting(&account);
         }
         ApplyOutcome::Applied
     }
@@ -1040,6 +1035,22 @@ impl AppState {
         // one (it restarted before anyone declared it down) are gone.
         self.drop_node_binds(node);
         self.hand_over_from_down_nodes();
+        // Webhook deliveries wait only while no node is up; one is now.
+        let webhook_accounts: Vec<String> = self
+            .ix
+            .waiting_by_account
+            .keys()
+            .filter(|a| {
+                self.core
+                    .accounts
+                    .get(a.as_str())
+                    .is_some_and(|acc| acc.webhook_url.is_some())
+            })
+            .cloned()
+            .collect();
+        for account in webhook_accounts {
+            self.retarget_waiting(&account);
+        }
         ApplyOutcome::Applied
     }
 
@@ -1230,9 +1241,32 @@ impl AppState {
         };
         let count = candidates().count();
         if count == 0 {
-            return None;
+            // An HTTP customer receives by webhook: any live node can send it.
+            let has_webhook = self
+                .core
+                .accounts
+                .get(account)
+                .is_some_and(|a| a.webhook_url.is_some());
+            return if has_webhook {
+                self.pick_live_node(id)
+            } else {
+                None
+            };
         }
         candidates().nth((id.stable_hash() % count as u64) as usize)
+    }
+
+    /// Gives waiting deliveries of `account` a target if one exists now.
+    fn retarget_waiting(&mut self, account: &str) {
+        let waiting: Vec<MessageId> = self
+            .ix
+            .waiting_by_account
+            .get(account)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in waiting {
+            self.retarget(id);
+        }
     }
 }
 
@@ -1339,6 +1373,7 @@ mod tests {
             allowed_senders: vec![],
             retention_s: 0,
             enabled: true,
+            webhook_url: None,
         }
     }
 
@@ -1755,6 +1790,40 @@ mod tests {
     }
 
     #[test]
+    fn webhook_accounts_do_not_wait_for_binds() {
+        let mut state = with_account();
+        run(
+            &mut state,
+            &[accept(1, 1, 1), submitted(1, "W"), receipt("W", 2)],
+        );
+        assert_eq!(state.pending_delivery(&id(1)).unwrap().target, None);
+        let mut http = account("acme");
+        http.webhook_url = Some("https://hooks.example/dlr".into());
+        run(
+            &mut state,
+            &[
+                Command::UpsertAccount(http),
+                Command::NodeUp {
+                    node: 1,
+                    incarnation: 1,
+                },
+            ],
+        );
+        assert_eq!(state.pending_delivery(&id(1)).unwrap().target, Some(1));
+        run(
+            &mut state,
+            &[
+                Command::NodeUp {
+                    node: 2,
+                    incarnation: 1,
+                },
+                Command::NodeDown { node: 1 },
+            ],
+        );
+        assert_eq!(state.pending_delivery(&id(1)).unwrap().target, Some(2));
+    }
+
+    #[test]
     fn mo_routing_and_delivery() {
         let mut state = with_account();
         let mo = |counter: u64, digits: &str| {
@@ -1957,6 +2026,29 @@ mod tests {
             1 => (node.clone(), 1u32..4).prop_map(|(node, incarnation)| Command::NodeUp { node, incarnation }),
             1 => node.prop_map(|node| Command::NodeDown { node }),
             1 => (900u64..1_020).prop_map(|before_ms| Command::Purge { before_ms, account: None }),
+            1 => (any::<bool>(), 0u32..3).prop_map(|(webhook, max_binds)| {
+                let mut a = account("acme");
+                a.max_binds = max_binds;
+                a.webhook_url = webhook.then(|| "https://hooks.example".to_string());
+                Command::UpsertAccount(a)
+            }),
+            1 => (counter.clone(), 0u8..2).prop_map(|(c, range)| Command::MoReceived(MoReceived {
+                id: MessageId::from_parts(2, 1, 0, c).unwrap(),
+                connector: "op1".into(),
+                source: Address { ton: 1, npi: 1, digits: "4477".into() },
+                destination: Address { ton: 0, npi: 0, digits: ["8822", "99"][usize::from(range)].into() },
+                data_coding: 0,
+                esm_class: 0,
+                payload: vec![],
+                segment: None,
+                received_at_ms: 990 + c,
+            })),
+            1 => counter.clone().prop_map(|c| Command::MoDelivered { id: MessageId::from_parts(2, 1, 0, c).unwrap() }),
+            1 => Just(Command::UpsertNumberRange(NumberRange {
+                name: "kw".into(),
+                prefix: "88".into(),
+                account: "acme".into(),
+            })),
         ]
     }
 
@@ -1975,7 +2067,8 @@ mod tests {
             // entries (the batching differs between leaders, the log does not).
             let encoded: Vec<Vec<u8>> = commands.iter().map(Command::encode).collect();
             let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
-            let split = split.min(slices.len());
+            // One command fits only one entry: the second entry needs its own index.
+            let split = if slices.len() == 1 { 1 } else { split.min(slices.len()) };
             let mut second_out = second.apply(2, &slices[..split]);
             second_out.extend(second.apply(first.applied_index(), &slices[split..]));
             prop_assert_eq!(&first_out, &second_out);
@@ -2010,6 +2103,7 @@ mod snapshot_fixture {
                 allowed_senders: vec![],
                 retention_s: 86_400,
                 enabled: true,
+                webhook_url: None,
             }),
             Command::NodeUp {
                 node: 2,
@@ -2059,7 +2153,7 @@ mod snapshot_fixture {
          01fd00e608c09a01000002020301000001036f703104414231320701090000000100000000100020\
          3000000000040461636d6500010201036f703101054541524c59036f7031054541524c5905010900\
          00010102050461636d650101020101010461636d650461636d6501680464010a31302e302e302e30\
-         2f3800fc8051010001000000000001000000000000";
+         2f3800fc805101000100000000000001000000000000";
 
     #[test]
     fn committed_v1_snapshot_still_restores() {
