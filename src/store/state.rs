@@ -245,6 +245,8 @@ struct Indexes {
     binds_by_account: BTreeMap<String, BTreeSet<(NodeId, u64)>>,
     orphan_order: BTreeSet<(u64, String, String)>,
     messages_by_received: BTreeSet<(u64, MessageId)>,
+    /// Unfinished messages with a validity, by the time they expire.
+    open_by_validity: BTreeSet<(u64, MessageId)>,
     mos_by_received: BTreeSet<(u64, MessageId)>,
 }
 
@@ -266,6 +268,11 @@ impl Indexes {
             }
             ix.messages_by_received
                 .insert((message.accept.received_at_ms, *id));
+            if let (false, Some(until_ms)) =
+                (message.state.is_final(), message.accept.validity_until_ms)
+            {
+                ix.open_by_validity.insert((until_ms, *id));
+            }
         }
         for (id, mo) in &core.mos {
             ix.mos_by_received.insert((mo.mo.received_at_ms, *id));
@@ -289,20 +296,12 @@ impl Indexes {
     }
 
     fn add_pending(&mut self, id: MessageId, pending: &PendingDelivery) {
-        self.pending_by_account
-            .entry(pending.account.clone())
-            .or_default()
-            .insert(id);
+        insert_into(&mut self.pending_by_account, &pending.account, id);
         match pending.target {
             Some(node) => {
                 self.deliveries_by_node.entry(node).or_default().insert(id);
             }
-            None => {
-                self.waiting_by_account
-                    .entry(pending.account.clone())
-                    .or_default()
-                    .insert(id);
-            }
+            None => insert_into(&mut self.waiting_by_account, &pending.account, id),
         }
     }
 
@@ -311,6 +310,18 @@ impl Indexes {
         match pending.target {
             Some(node) => remove_from(&mut self.deliveries_by_node, &node, &id),
             None => remove_from(&mut self.waiting_by_account, &pending.account, &id),
+        }
+    }
+}
+
+/// Adds `id` to the set at `account`, allocating the key only for a new set.
+fn insert_into(map: &mut BTreeMap<String, BTreeSet<MessageId>>, account: &str, id: MessageId) {
+    match map.get_mut(account) {
+        Some(set) => {
+            set.insert(id);
+        }
+        None => {
+            map.insert(account.to_string(), BTreeSet::from([id]));
         }
     }
 }
@@ -422,6 +433,15 @@ impl AppState {
             .range(..(before_ms, min_id()))
             .filter_map(|(_, id)| self.core.messages.get(id))
             .filter(|m| m.state.is_final())
+    }
+
+    /// Unfinished messages whose validity ends at or before `now_ms`, soonest
+    /// first: what the leader proposes `Expire` for.
+    pub fn expired_by(&self, now_ms: u64) -> impl Iterator<Item = &Message> + '_ {
+        self.ix
+            .open_by_validity
+            .range(..=(now_ms, max_id()))
+            .filter_map(|(_, id)| self.core.messages.get(id))
     }
 
     pub fn account(&self, name: &str) -> Option<&Account> {
@@ -634,6 +654,9 @@ impl AppState {
         self.ix
             .messages_by_received
             .insert((accept.received_at_ms, id));
+        if let Some(until_ms) = accept.validity_until_ms {
+            self.ix.open_by_validity.insert((until_ms, id));
+        }
         self.core.messages.insert(
             id,
             Message {
@@ -698,12 +721,16 @@ impl AppState {
         {
             self.core.orphans.remove(&connector);
         }
+        if !self.ix.by_upstream.contains_key(connector.as_str()) {
+            self.ix
+                .by_upstream
+                .insert(connector.clone(), BTreeMap::new());
+        }
         let previous = self
             .ix
             .by_upstream
-            .entry(connector.clone())
-            .or_default()
-            .insert(upstream_id.clone(), id);
+            .get_mut(connector.as_str())
+            .and_then(|by_id| by_id.insert(upstream_id.clone(), id));
         // An operator reusing an id: the newest submission owns it, and the
         // older message forgets it, so the index stays derivable from records.
         if let Some(previous) = previous.filter(|p| *p != id) {
@@ -743,6 +770,7 @@ impl AppState {
         message.last_status = status;
         if permanent {
             message.state = MessageState::Failed;
+            forget_validity(&mut self.ix, message);
             message.done_at_ms = Some(at_ms);
             message.retry_at_ms = None;
             remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
@@ -823,6 +851,7 @@ impl AppState {
         message.receipt_err = receipt.err;
         message.receipt_raw.clone_from(&receipt.raw);
         if new_state.is_final() {
+            forget_validity(&mut self.ix, message);
             message.done_at_ms = Some(receipt.done_at_ms);
             self.queue_dlr_if_wanted(id);
         }
@@ -931,6 +960,7 @@ impl AppState {
             remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
         }
         message.state = MessageState::Expired;
+        forget_validity(&mut self.ix, message);
         message.done_at_ms = Some(at_ms);
         message.retry_at_ms = None;
         self.queue_dlr_if_wanted(id);
@@ -1268,6 +1298,17 @@ impl AppState {
             self.retarget(id);
         }
     }
+}
+
+fn forget_validity(ix: &mut Indexes, message: &Message) {
+    if let Some(until_ms) = message.accept.validity_until_ms {
+        ix.open_by_validity.remove(&(until_ms, message.id()));
+    }
+}
+
+fn max_id() -> MessageId {
+    MessageId::from_parts(u32::MAX, 0xFFFF, u8::MAX, (1 << 44) - 1)
+        .unwrap_or_else(|| unreachable!("the largest id fits"))
 }
 
 fn min_id() -> MessageId {
@@ -1664,6 +1705,9 @@ mod tests {
         );
         assert_eq!(state.message(&id(2)).unwrap().state, MessageState::Failed);
         assert_eq!(state.message(&id(3)).unwrap().state, MessageState::Expired);
+        assert_eq!(state.expired_by(9_999).count(), 0);
+        let due: Vec<_> = state.expired_by(10_000).map(|m| m.id()).collect();
+        assert_eq!(due, vec![id(1)], "only the unfinished message is due");
         let owned: Vec<_> = state.owned_unsubmitted(1).map(|m| m.id()).collect();
         assert_eq!(owned, vec![id(1)]);
         // registered_delivery 2 = failures only; 1 = any final state.
