@@ -342,11 +342,34 @@ where
     }
 }
 
+/// Work that an applied command handed to a node. Derived from apply (the
+/// same on every replica) but consumed node-locally: each node's driver drains
+/// them after apply and acts on those naming itself, instead of rescanning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// `node` is to submit message `id` upstream (accepted, handed over, or
+    /// to be retried at the message's `retry_at_ms`).
+    Dispatch { id: MessageId, node: NodeId },
+    /// `node` is to send delivery `id` (a DLR or an MO) to its account.
+    Deliver {
+        id: MessageId,
+        node: NodeId,
+        kind: DeliveryKind,
+    },
+}
+
+/// Effects kept until drained; beyond this the oldest are dropped and the
+/// consumer is told to rescan (`owned_unsubmitted`, `deliveries_for_node`).
+pub const MAX_BUFFERED_EFFECTS: usize = 1 << 20;
+
 /// The deterministic state machine of the appliance.
 #[derive(Debug, Default)]
 pub struct AppState {
     core: Core,
     ix: Indexes,
+    /// Not part of the replicated state: never read by apply, not in snapshots.
+    effects: Vec<Effect>,
+    effects_lost: bool,
 }
 
 fn snapshot_codec() -> impl Options {
@@ -561,6 +584,24 @@ impl AppState {
             .is_some_and(|m| m.contains_key(upstream_id))
     }
 
+    /// Moves the effects of everything applied since the last call into
+    /// `out` (appending). Returns `false` if some were dropped (buffer full or
+    /// state restored): the consumer must then rescan `owned_unsubmitted` and
+    /// `deliveries_for_node` for its node.
+    pub fn drain_effects(&mut self, out: &mut Vec<Effect>) -> bool {
+        out.append(&mut self.effects);
+        !std::mem::take(&mut self.effects_lost)
+    }
+
+    fn emit(&mut self, effect: Effect) {
+        if self.effects.len() >= MAX_BUFFERED_EFFECTS {
+            // Undrained for long: drop the buffer, not the process.
+            self.effects.clear();
+            self.effects_lost = true;
+        }
+        self.effects.push(effect);
+    }
+
     // ----- apply -----
 
     /// Applies one command. Deterministic: reads only `self` and `command`.
@@ -657,6 +698,7 @@ impl AppState {
         if let Some(until_ms) = accept.validity_until_ms {
             self.ix.open_by_validity.insert((until_ms, id));
         }
+        self.emit(Effect::Dispatch { id, node: owner });
         self.core.messages.insert(
             id,
             Message {
@@ -777,6 +819,8 @@ impl AppState {
             self.queue_dlr_if_wanted(id);
         } else {
             message.retry_at_ms = retry_at_ms;
+            let node = message.owner;
+            self.emit(Effect::Dispatch { id, node });
         }
         ApplyOutcome::Applied
     }
@@ -880,6 +924,13 @@ impl AppState {
     }
 
     fn insert_pending(&mut self, id: MessageId, pending: PendingDelivery) {
+        if let Some(node) = pending.target {
+            self.emit(Effect::Deliver {
+                id,
+                node,
+                kind: pending.kind,
+            });
+        }
         self.ix.add_pending(id, &pending);
         self.core.pending.insert(id, pending);
     }
@@ -1148,6 +1199,10 @@ impl AppState {
                         .or_default()
                         .insert(id);
                     self.core.counters.handed_over += 1;
+                    self.emit(Effect::Dispatch {
+                        id,
+                        node: new_owner,
+                    });
                 }
             }
         }
@@ -1392,6 +1447,9 @@ impl StateMachine for AppState {
             )));
         }
         self.ix = Indexes::build(&core);
+        // Work handed out before the restore may be stale; consumers rescan.
+        self.effects.clear();
+        self.effects_lost = true;
         self.core = core;
         Ok(())
     }
@@ -1539,6 +1597,68 @@ mod tests {
             state.message(&id(1)).unwrap().state,
             MessageState::Delivered
         );
+    }
+
+    #[test]
+    fn effects_name_the_node_that_must_act() {
+        let mut state = with_account();
+        let mut effects = Vec::new();
+        run(
+            &mut state,
+            &[
+                Command::NodeUp {
+                    node: 1,
+                    incarnation: 1,
+                },
+                Command::NodeUp {
+                    node: 2,
+                    incarnation: 1,
+                },
+                bind(1, 1, BindKind::Receiver),
+                accept(1, 2, 1),
+            ],
+        );
+        assert!(state.drain_effects(&mut effects));
+        assert_eq!(effects, vec![Effect::Dispatch { id: id(1), node: 2 }]);
+        effects.clear();
+        run(
+            &mut state,
+            &[
+                Command::SubmitFailed {
+                    id: id(1),
+                    status: 0x58,
+                    permanent: false,
+                    at_ms: 1,
+                    retry_at_ms: Some(2),
+                },
+                Command::NodeDown { node: 2 },
+                submitted(1, "E"),
+                receipt("E", 2),
+            ],
+        );
+        assert!(state.drain_effects(&mut effects));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::Dispatch { id: id(1), node: 2 },
+                Effect::Dispatch { id: id(1), node: 1 },
+                Effect::Deliver {
+                    id: id(1),
+                    node: 1,
+                    kind: DeliveryKind::Dlr
+                },
+            ]
+        );
+        effects.clear();
+        assert!(state.drain_effects(&mut effects) && effects.is_empty());
+        let snapshot = state.snapshot();
+        let index = state.applied_index();
+        state.restore(index, &snapshot).unwrap();
+        assert!(
+            !state.drain_effects(&mut effects),
+            "a restore asks for a rescan"
+        );
+        assert!(state.drain_effects(&mut effects));
     }
 
     #[test]
