@@ -7,6 +7,11 @@
 //! reach the store only by proposing commands and reading applied state.
 
 pub mod wal;
+pub mod command;
+pub mod id;
+pub mod kv;
+pub mod snapshot;
+pub mod state;
 
 use std::fmt;
 
