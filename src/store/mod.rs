@@ -6,12 +6,12 @@
 //! them (production and simulated). Must not touch: SMPP or HTTP sessions; they
 //! reach the store only by proposing commands and reading applied state.
 
-pub mod wal;
 pub mod command;
 pub mod id;
 pub mod kv;
 pub mod snapshot;
 pub mod state;
+pub mod wal;
 
 use std::fmt;
 
