@@ -7,6 +7,7 @@
 //! reach the store only by proposing commands and reading applied state.
 
 pub mod node;
+pub mod sim;
 
 use std::fmt;
 
