@@ -8,6 +8,7 @@
 
 pub mod node;
 pub mod sim;
+pub mod wal;
 
 use std::fmt;
 

@@ -21,8 +21,8 @@ use std::rc::Rc;
 use raft::eraftpb::{ConfState, Message, MessageType, SnapshotMetadata};
 
 use super::node::{Actions, CoreConfig, LogStart, ProposalResult, RaftCore};
+use super::wal::{LogOptions, RaftLog, SimDisk};
 use super::{StateMachine, StoreError};
-use standin_log::{LogOptions, RaftLog, SimDisk};
 
 /// splitmix64: tiny, fast, and good enough to drive a simulation.
 #[derive(Debug, Clone)]
@@ -358,6 +358,9 @@ struct RunningNode {
     /// Actions written to the log but not yet covered by a sync:
     /// (ready number, messages to send after the sync).
     unsynced: Vec<(u64, Vec<Message>)>,
+    /// Latest compaction point handed out; the log only drops segments
+    /// below a synced snapshot marker, so it is retried after each sync.
+    compact_to: u64,
     /// request id -> (command id, attempts so far) for proposals this node
     /// has not answered.
     requests: HashMap<u64, (u64, u32)>,
@@ -406,6 +409,8 @@ pub struct Sim {
 }
 
 const MAX_ATTEMPTS: u32 = 30;
+/// Small segments so that compaction really removes files in a short run.
+const SIM_SEGMENT_BYTES: u64 = 16 * 1024;
 const MAX_READY_ROUNDS: usize = 16;
 
 impl Sim {
@@ -562,7 +567,12 @@ impl Sim {
         };
         debug_assert!(node.running.is_none(), "node {id} started twice");
         node.incarnations += 1;
-        let (log, recovered) = match RaftLog::open(node.disk.clone(), LogOptions::default()) {
+        let (log, recovered) = match RaftLog::open(
+            node.disk.clone(),
+            LogOptions {
+                segment_size_bytes: SIM_SEGMENT_BYTES,
+            },
+        ) {
             Ok(opened) => opened,
             Err(e) => {
                 self.failures
@@ -578,18 +588,11 @@ impl Sim {
                 return;
             }
         }
-        let log_is_empty = recovered.entries.is_empty()
-            && recovered.snapshot_index == 0
-            && recovered.conf_state == ConfState::default();
-        let mut start = LogStart {
-            hard_state: recovered.hard_state,
-            conf_state: recovered.conf_state,
-            snapshot_index: recovered.snapshot_index,
-            snapshot_term: recovered.snapshot_term,
-            entries: recovered.entries,
-            state_snapshot: node.durable_state.as_ref().map(|(meta, _)| meta.clone()),
-        };
-        if log_is_empty && !node.bootstrap_voters.is_empty() {
+        let mut start = LogStart::from_recovered(
+            recovered,
+            node.durable_state.as_ref().map(|(meta, _)| meta.clone()),
+        );
+        if start.is_empty() && !node.bootstrap_voters.is_empty() {
             start.conf_state = LogStart::bootstrap(&node.bootstrap_voters).conf_state;
         }
         let mut config = CoreConfig::new(id, node.incarnations);
@@ -608,6 +611,7 @@ impl Sim {
                     core,
                     log,
                     unsynced: Vec::new(),
+                    compact_to: 0,
                     requests: HashMap::new(),
                 });
                 node.restart_at = None;
@@ -785,6 +789,13 @@ impl Sim {
                 self.failures.push(format!("node {id}: sync failed: {e}"));
                 return;
             }
+            if running.compact_to > 0 {
+                if let Err(e) = running.log.compact(running.compact_to) {
+                    self.failures
+                        .push(format!("node {id}: compact failed: {e}"));
+                    return;
+                }
+            }
             let done = std::mem::take(&mut running.unsynced);
             let mut last_number = 0;
             let mut to_send = Vec::new();
@@ -864,6 +875,7 @@ impl Sim {
             }
         }
         if let Some(compaction) = &actions.compaction {
+            running.compact_to = compaction.index;
             if let Err(e) = running
                 .log
                 .set_snapshot(compaction.index, compaction.term, &compaction.conf_state)
@@ -1276,139 +1288,4 @@ impl Sim {
 /// Runs one seeded simulation.
 pub fn run(options: SimOptions) -> Result<SimReport, String> {
     Sim::new(options).run()
-}
-
-/// In-memory stand-in for the durable log, shaped like `wal::RaftLog<SimDisk>`
-/// (open/append/set_hard_state/set_conf_state/set_snapshot/sync/compact):
-/// writes stay volatile until `sync`, and a power cut drops them.
-mod standin_log {
-    use std::cell::RefCell;
-    use std::rc::Rc;
-
-    use raft::eraftpb::{ConfState, Entry, HardState};
-
-    use crate::store::StoreError;
-
-    #[derive(Clone)]
-    enum Record {
-        Entries(Vec<Entry>),
-        HardState(HardState),
-        ConfState(ConfState),
-        Snapshot(u64, u64, ConfState),
-    }
-
-    #[derive(Default)]
-    struct DiskState {
-        synced: Vec<Record>,
-        unsynced: Vec<Record>,
-    }
-
-    /// A disk that survives node restarts (clone the handle) and loses every
-    /// unsynced write on `power_cut`.
-    #[derive(Clone, Default)]
-    pub struct SimDisk(Rc<RefCell<DiskState>>);
-
-    impl SimDisk {
-        pub fn new() -> Self {
-            SimDisk::default()
-        }
-
-        pub fn power_cut(&self, _seed: u64) {
-            self.0.borrow_mut().unsynced.clear();
-        }
-    }
-
-    #[derive(Default)]
-    pub struct LogOptions {
-        pub segment_bytes: u64,
-    }
-
-    pub struct Recovered {
-        pub hard_state: HardState,
-        pub conf_state: ConfState,
-        pub snapshot_index: u64,
-        pub snapshot_term: u64,
-        pub entries: Vec<Entry>,
-    }
-
-    pub struct RaftLog<D> {
-        disk: D,
-    }
-
-    impl RaftLog<SimDisk> {
-        pub fn open(disk: SimDisk, _options: LogOptions) -> Result<(Self, Recovered), StoreError> {
-            let mut recovered = Recovered {
-                hard_state: HardState::default(),
-                conf_state: ConfState::default(),
-                snapshot_index: 0,
-                snapshot_term: 0,
-                entries: Vec::new(),
-            };
-            for record in disk.0.borrow().synced.iter() {
-                match record {
-                    Record::Entries(entries) => {
-                        let Some(first) = entries.first() else {
-                            continue;
-                        };
-                        recovered.entries.retain(|e| e.index < first.index);
-                        recovered.entries.extend(entries.iter().cloned());
-                    }
-                    Record::HardState(hs) => recovered.hard_state = hs.clone(),
-                    Record::ConfState(cs) => recovered.conf_state = cs.clone(),
-                    Record::Snapshot(index, term, cs) => {
-                        let matches = recovered
-                            .entries
-                            .iter()
-                            .any(|e| e.index == *index && e.term == *term);
-                        if matches {
-                            recovered.entries.retain(|e| e.index > *index);
-                        } else {
-                            recovered.entries.clear();
-                        }
-                        recovered.snapshot_index = *index;
-                        recovered.snapshot_term = *term;
-                        recovered.conf_state = cs.clone();
-                    }
-                }
-            }
-            Ok((RaftLog { disk }, recovered))
-        }
-
-        fn push(&mut self, record: Record) -> Result<(), StoreError> {
-            self.disk.0.borrow_mut().unsynced.push(record);
-            Ok(())
-        }
-
-        pub fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
-            self.push(Record::Entries(entries.to_vec()))
-        }
-
-        pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), StoreError> {
-            self.push(Record::HardState(hs.clone()))
-        }
-
-        pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StoreError> {
-            self.push(Record::ConfState(cs.clone()))
-        }
-
-        pub fn set_snapshot(
-            &mut self,
-            index: u64,
-            term: u64,
-            cs: &ConfState,
-        ) -> Result<(), StoreError> {
-            self.push(Record::Snapshot(index, term, cs.clone()))
-        }
-
-        pub fn sync(&mut self) -> Result<(), StoreError> {
-            let mut disk = self.disk.0.borrow_mut();
-            let pending = std::mem::take(&mut disk.unsynced);
-            disk.synced.extend(pending);
-            Ok(())
-        }
-
-        pub fn compact(&mut self, _upto_index: u64) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
 }
