@@ -592,8 +592,8 @@ impl Sim {
             recovered,
             node.durable_state.as_ref().map(|(meta, _)| meta.clone()),
         );
-        if start.is_empty() && !node.bootstrap_voters.is_empty() {
-            start.conf_state = LogStart::bootstrap(&node.bootstrap_voters).conf_state;
+        if start.is_empty() && start.state_snapshot.is_none() && !node.bootstrap_voters.is_empty() {
+            start = LogStart::bootstrap(&node.bootstrap_voters);
         }
         let mut config = CoreConfig::new(id, node.incarnations);
         config.election_ticks = 10;
@@ -1013,14 +1013,15 @@ impl Sim {
                     let m = r.core.metrics();
                     let _ = write!(
                         line,
-                        "[n{} term {} leader {} commit {} applied {} last {} voters {:?}] ",
+                        "[n{} term {} leader {} commit {} applied {} last {} voters {:?} learners {:?}] ",
                         node.id,
                         m.term,
                         m.leader_id,
                         m.commit_index,
                         m.applied_index,
                         m.last_index,
-                        r.core.conf_state().voters
+                        r.core.conf_state().voters,
+                        r.core.conf_state().learners
                     );
                 }
                 None => {
@@ -1059,6 +1060,15 @@ impl Sim {
                     "node {id} applied command {command} never proposed"
                 ));
             }
+            if self.best_conf().map(|c| membership(&c))
+                != Some(membership(running.core.conf_state()))
+            {
+                self.failures.push(format!(
+                    "node {id} has configuration {:?}, the most advanced node {:?}",
+                    running.core.conf_state(),
+                    self.best_conf()
+                ));
+            }
             let state = (sm.applied_index(), sm.snapshot());
             match &reference {
                 None => reference = Some(state),
@@ -1088,8 +1098,10 @@ impl Sim {
             let mut got = self.report.final_voters.clone();
             got.sort_unstable();
             if want != got {
-                self.failures
-                    .push(format!("membership goal {want:?} not reached: {got:?}"));
+                let status = self.status_line();
+                self.failures.push(format!(
+                    "membership goal {want:?} not reached: {got:?}; {status}"
+                ));
             }
         }
     }
@@ -1283,6 +1295,15 @@ impl Sim {
             }
         }
     }
+}
+
+/// Voters and learners as sorted lists: raft keeps them as sets.
+fn membership(conf: &ConfState) -> (Vec<u64>, Vec<u64>) {
+    let mut voters = conf.voters.clone();
+    voters.sort_unstable();
+    let mut learners = conf.learners.clone();
+    learners.sort_unstable();
+    (voters, learners)
 }
 
 /// Runs one seeded simulation.
