@@ -824,6 +824,10 @@ impl Sim {
             return;
         };
         let meta = running.core.applied_snapshot_metadata();
+        // Nothing applied yet: an index-0 "snapshot" would hide the bootstrap.
+        if meta.index == 0 {
+            return;
+        }
         if node
             .durable_state
             .as_ref()
