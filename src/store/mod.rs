@@ -6,8 +6,13 @@
 //! them (production and simulated). Must not touch: SMPP or HTTP sessions; they
 //! reach the store only by proposing commands and reading applied state.
 
+pub mod command;
+pub mod id;
+pub mod kv;
 pub mod node;
 pub mod sim;
+pub mod snapshot;
+pub mod state;
 pub mod wal;
 
 use std::fmt;
