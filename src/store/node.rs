@@ -1667,6 +1667,39 @@ mod tests {
     }
 
     #[test]
+    fn state_ahead_of_the_log_is_repaired_from_the_state_snapshot_metadata() {
+        let sm = Recorder {
+            applied: 10,
+            commands: Vec::new(),
+        };
+        let mut meta = SnapshotMetadata {
+            index: 10,
+            term: 3,
+            ..SnapshotMetadata::default()
+        };
+        meta.set_conf_state(LogStart::bootstrap(&[1, 2, 3]).conf_state);
+        let mut start = LogStart::bootstrap(&[1, 2, 3]);
+        // Without the metadata the gap cannot be bridged.
+        assert!(matches!(
+            RaftCore::new(
+                CoreConfig::new(1, 1),
+                start.clone(),
+                Recorder {
+                    applied: 10,
+                    commands: Vec::new()
+                }
+            ),
+            Err(StoreError::Corrupt(_))
+        ));
+        start.state_snapshot = Some(meta.clone());
+        let mut core = RaftCore::new(CoreConfig::new(1, 1), start, sm).expect("repaired start");
+        assert_eq!(core.applied_index(), 10);
+        let actions = core.ready().expect("ready");
+        assert_eq!(actions.installed_snapshot, Some(meta));
+        assert_eq!(core.metrics().first_index, 11);
+    }
+
+    #[test]
     fn start_rejects_a_gap_between_state_and_log() {
         let mut start = LogStart::bootstrap(&[1]);
         start.snapshot_index = 10;
