@@ -133,3 +133,13 @@ fn print_reports() {
         }
     }
 }
+
+#[test]
+fn single_voter_power_loss() {
+    let reports = run_all(Scenario::SingleVoter);
+    for r in &reports {
+        assert_eq!(r.final_voters, vec![1]);
+        assert!(r.commands_acked > 100, "too little progress: {r:?}");
+    }
+    assert!(total(&reports, |r| r.power_losses) >= reports.len() as u64);
+}

@@ -311,10 +311,13 @@ pub enum Scenario {
     LeaderTransfer,
     /// Every fault at once: crashes, power loss, partitions, heavy loss.
     Chaos,
+    /// One voter (a single appliance) that loses power again and again: it
+    /// commits on its own sync, and nothing it acknowledged may vanish.
+    SingleVoter,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Steady,
         Scenario::LeaderCrash,
         Scenario::Partitions,
@@ -324,6 +327,7 @@ impl Scenario {
         Scenario::ReplaceWipedNode,
         Scenario::LeaderTransfer,
         Scenario::Chaos,
+        Scenario::SingleVoter,
     ];
 }
 
@@ -505,6 +509,7 @@ impl Sim {
         };
         let (voters, spares): (Vec<u64>, Vec<u64>) = match sim.options.scenario {
             Scenario::Grow1To3 => (vec![1], vec![2, 3]),
+            Scenario::SingleVoter => (vec![1], vec![]),
             Scenario::ReplaceWipedNode => (vec![1, 2, 3], vec![4]),
             _ => (vec![1, 2, 3], vec![]),
         };
@@ -1195,6 +1200,11 @@ impl Sim {
             Scenario::Partitions => self.random_partitions(tick, 15),
             Scenario::PowerLoss => {
                 if tick % 70 == 35 {
+                    self.power_loss();
+                }
+            }
+            Scenario::SingleVoter => {
+                if self.rng.chance_ppm(30_000) {
                     self.power_loss();
                 }
             }
