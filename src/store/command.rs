@@ -230,8 +230,10 @@ pub enum Command {
     RemoveNumberRange {
         name: String,
     },
-    /// Retention: drop finished records received before `before_ms` (of one
-    /// account, or of all when `None`), and orphan receipts older than it.
+    /// Retention: drop finished messages and MOs received before `before_ms`
+    /// (of one account, or of all when `None`; their undelivered DLRs/MOs go
+    /// too), and, when `account` is `None`, orphan receipts done before it.
+    /// Unfinished messages stay until `Expire` finishes them.
     Purge {
         before_ms: u64,
         account: Option<String>,

@@ -245,6 +245,8 @@ struct Indexes {
     binds_by_account: BTreeMap<String, BTreeSet<(NodeId, u64)>>,
     orphan_order: BTreeSet<(u64, String, String)>,
     messages_by_received: BTreeSet<(u64, MessageId)>,
+    /// Unfinished messages with a validity, by the time they expire.
+    open_by_validity: BTreeSet<(u64, MessageId)>,
     mos_by_received: BTreeSet<(u64, MessageId)>,
 }
 
@@ -266,6 +268,11 @@ impl Indexes {
             }
             ix.messages_by_received
                 .insert((message.accept.received_at_ms, *id));
+            if let (false, Some(until_ms)) =
+                (message.state.is_final(), message.accept.validity_until_ms)
+            {
+                ix.open_by_validity.insert((until_ms, *id));
+            }
         }
         for (id, mo) in &core.mos {
             ix.mos_by_received.insert((mo.mo.received_at_ms, *id));
@@ -289,20 +296,12 @@ impl Indexes {
     }
 
     fn add_pending(&mut self, id: MessageId, pending: &PendingDelivery) {
-        self.pending_by_account
-            .entry(pending.account.clone())
-            .or_default()
-            .insert(id);
+        insert_into(&mut self.pending_by_account, &pending.account, id);
         match pending.target {
             Some(node) => {
                 self.deliveries_by_node.entry(node).or_default().insert(id);
             }
-            None => {
-                self.waiting_by_account
-                    .entry(pending.account.clone())
-                    .or_default()
-                    .insert(id);
-            }
+            None => insert_into(&mut self.waiting_by_account, &pending.account, id),
         }
     }
 
@@ -311,6 +310,18 @@ impl Indexes {
         match pending.target {
             Some(node) => remove_from(&mut self.deliveries_by_node, &node, &id),
             None => remove_from(&mut self.waiting_by_account, &pending.account, &id),
+        }
+    }
+}
+
+/// Adds `id` to the set at `account`, allocating the key only for a new set.
+fn insert_into(map: &mut BTreeMap<String, BTreeSet<MessageId>>, account: &str, id: MessageId) {
+    match map.get_mut(account) {
+        Some(set) => {
+            set.insert(id);
+        }
+        None => {
+            map.insert(account.to_string(), BTreeSet::from([id]));
         }
     }
 }
@@ -331,11 +342,34 @@ where
     }
 }
 
+/// Work that an applied command handed to a node. Derived from apply (the
+/// same on every replica) but consumed node-locally: each node's driver drains
+/// them after apply and acts on those naming itself, instead of rescanning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// `node` is to submit message `id` upstream (accepted, handed over, or
+    /// to be retried at the message's `retry_at_ms`).
+    Dispatch { id: MessageId, node: NodeId },
+    /// `node` is to send delivery `id` (a DLR or an MO) to its account.
+    Deliver {
+        id: MessageId,
+        node: NodeId,
+        kind: DeliveryKind,
+    },
+}
+
+/// Effects kept until drained; beyond this the oldest are dropped and the
+/// consumer is told to rescan (`owned_unsubmitted`, `deliveries_for_node`).
+pub const MAX_BUFFERED_EFFECTS: usize = 1 << 20;
+
 /// The deterministic state machine of the appliance.
 #[derive(Debug, Default)]
 pub struct AppState {
     core: Core,
     ix: Indexes,
+    /// Not part of the replicated state: never read by apply, not in snapshots.
+    effects: Vec<Effect>,
+    effects_lost: bool,
 }
 
 fn snapshot_codec() -> impl Options {
@@ -422,6 +456,15 @@ impl AppState {
             .range(..(before_ms, min_id()))
             .filter_map(|(_, id)| self.core.messages.get(id))
             .filter(|m| m.state.is_final())
+    }
+
+    /// Unfinished messages whose validity ends at or before `now_ms`, soonest
+    /// first: what the leader proposes `Expire` for.
+    pub fn expired_by(&self, now_ms: u64) -> impl Iterator<Item = &Message> + '_ {
+        self.ix
+            .open_by_validity
+            .range(..=(now_ms, max_id()))
+            .filter_map(|(_, id)| self.core.messages.get(id))
     }
 
     pub fn account(&self, name: &str) -> Option<&Account> {
@@ -541,6 +584,24 @@ impl AppState {
             .is_some_and(|m| m.contains_key(upstream_id))
     }
 
+    /// Moves the effects of everything applied since the last call into
+    /// `out` (appending). Returns `false` if some were dropped (buffer full or
+    /// state restored): the consumer must then rescan `owned_unsubmitted` and
+    /// `deliveries_for_node` for its node.
+    pub fn drain_effects(&mut self, out: &mut Vec<Effect>) -> bool {
+        out.append(&mut self.effects);
+        !std::mem::take(&mut self.effects_lost)
+    }
+
+    fn emit(&mut self, effect: Effect) {
+        if self.effects.len() >= MAX_BUFFERED_EFFECTS {
+            // Undrained for long: drop the buffer, not the process.
+            self.effects.clear();
+            self.effects_lost = true;
+        }
+        self.effects.push(effect);
+    }
+
     // ----- apply -----
 
     /// Applies one command. Deterministic: reads only `self` and `command`.
@@ -634,6 +695,10 @@ impl AppState {
         self.ix
             .messages_by_received
             .insert((accept.received_at_ms, id));
+        if let Some(until_ms) = accept.validity_until_ms {
+            self.ix.open_by_validity.insert((until_ms, id));
+        }
+        self.emit(Effect::Dispatch { id, node: owner });
         self.core.messages.insert(
             id,
             Message {
@@ -698,12 +763,16 @@ impl AppState {
         {
             self.core.orphans.remove(&connector);
         }
+        if !self.ix.by_upstream.contains_key(connector.as_str()) {
+            self.ix
+                .by_upstream
+                .insert(connector.clone(), BTreeMap::new());
+        }
         let previous = self
             .ix
             .by_upstream
-            .entry(connector.clone())
-            .or_default()
-            .insert(upstream_id.clone(), id);
+            .get_mut(connector.as_str())
+            .and_then(|by_id| by_id.insert(upstream_id.clone(), id));
         // An operator reusing an id: the newest submission owns it, and the
         // older message forgets it, so the index stays derivable from records.
         if let Some(previous) = previous.filter(|p| *p != id) {
@@ -743,12 +812,15 @@ impl AppState {
         message.last_status = status;
         if permanent {
             message.state = MessageState::Failed;
+            forget_validity(&mut self.ix, message);
             message.done_at_ms = Some(at_ms);
             message.retry_at_ms = None;
             remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
             self.queue_dlr_if_wanted(id);
         } else {
             message.retry_at_ms = retry_at_ms;
+            let node = message.owner;
+            self.emit(Effect::Dispatch { id, node });
         }
         ApplyOutcome::Applied
     }
@@ -823,6 +895,7 @@ impl AppState {
         message.receipt_err = receipt.err;
         message.receipt_raw.clone_from(&receipt.raw);
         if new_state.is_final() {
+            forget_validity(&mut self.ix, message);
             message.done_at_ms = Some(receipt.done_at_ms);
             self.queue_dlr_if_wanted(id);
         }
@@ -851,6 +924,13 @@ impl AppState {
     }
 
     fn insert_pending(&mut self, id: MessageId, pending: PendingDelivery) {
+        if let Some(node) = pending.target {
+            self.emit(Effect::Deliver {
+                id,
+                node,
+                kind: pending.kind,
+            });
+        }
         self.ix.add_pending(id, &pending);
         self.core.pending.insert(id, pending);
     }
@@ -931,6 +1011,7 @@ impl AppState {
             remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
         }
         message.state = MessageState::Expired;
+        forget_validity(&mut self.ix, message);
         message.done_at_ms = Some(at_ms);
         message.retry_at_ms = None;
         self.queue_dlr_if_wanted(id);
@@ -1118,6 +1199,10 @@ impl AppState {
                         .or_default()
                         .insert(id);
                     self.core.counters.handed_over += 1;
+                    self.emit(Effect::Dispatch {
+                        id,
+                        node: new_owner,
+                    });
                 }
             }
         }
@@ -1270,6 +1355,17 @@ impl AppState {
     }
 }
 
+fn forget_validity(ix: &mut Indexes, message: &Message) {
+    if let Some(until_ms) = message.accept.validity_until_ms {
+        ix.open_by_validity.remove(&(until_ms, message.id()));
+    }
+}
+
+fn max_id() -> MessageId {
+    MessageId::from_parts(u32::MAX, 0xFFFF, u8::MAX, (1 << 44) - 1)
+        .unwrap_or_else(|| unreachable!("the largest id fits"))
+}
+
 fn min_id() -> MessageId {
     MessageId::from_parts(0, 0, 0, 0).unwrap_or_else(|| unreachable!("zero id fits"))
 }
@@ -1351,6 +1447,9 @@ impl StateMachine for AppState {
             )));
         }
         self.ix = Indexes::build(&core);
+        // Work handed out before the restore may be stale; consumers rescan.
+        self.effects.clear();
+        self.effects_lost = true;
         self.core = core;
         Ok(())
     }
@@ -1498,6 +1597,68 @@ mod tests {
             state.message(&id(1)).unwrap().state,
             MessageState::Delivered
         );
+    }
+
+    #[test]
+    fn effects_name_the_node_that_must_act() {
+        let mut state = with_account();
+        let mut effects = Vec::new();
+        run(
+            &mut state,
+            &[
+                Command::NodeUp {
+                    node: 1,
+                    incarnation: 1,
+                },
+                Command::NodeUp {
+                    node: 2,
+                    incarnation: 1,
+                },
+                bind(1, 1, BindKind::Receiver),
+                accept(1, 2, 1),
+            ],
+        );
+        assert!(state.drain_effects(&mut effects));
+        assert_eq!(effects, vec![Effect::Dispatch { id: id(1), node: 2 }]);
+        effects.clear();
+        run(
+            &mut state,
+            &[
+                Command::SubmitFailed {
+                    id: id(1),
+                    status: 0x58,
+                    permanent: false,
+                    at_ms: 1,
+                    retry_at_ms: Some(2),
+                },
+                Command::NodeDown { node: 2 },
+                submitted(1, "E"),
+                receipt("E", 2),
+            ],
+        );
+        assert!(state.drain_effects(&mut effects));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::Dispatch { id: id(1), node: 2 },
+                Effect::Dispatch { id: id(1), node: 1 },
+                Effect::Deliver {
+                    id: id(1),
+                    node: 1,
+                    kind: DeliveryKind::Dlr
+                },
+            ]
+        );
+        effects.clear();
+        assert!(state.drain_effects(&mut effects) && effects.is_empty());
+        let snapshot = state.snapshot();
+        let index = state.applied_index();
+        state.restore(index, &snapshot).unwrap();
+        assert!(
+            !state.drain_effects(&mut effects),
+            "a restore asks for a rescan"
+        );
+        assert!(state.drain_effects(&mut effects));
     }
 
     #[test]
@@ -1664,6 +1825,9 @@ mod tests {
         );
         assert_eq!(state.message(&id(2)).unwrap().state, MessageState::Failed);
         assert_eq!(state.message(&id(3)).unwrap().state, MessageState::Expired);
+        assert_eq!(state.expired_by(9_999).count(), 0);
+        let due: Vec<_> = state.expired_by(10_000).map(|m| m.id()).collect();
+        assert_eq!(due, vec![id(1)], "only the unfinished message is due");
         let owned: Vec<_> = state.owned_unsubmitted(1).map(|m| m.id()).collect();
         assert_eq!(owned, vec![id(1)]);
         // registered_delivery 2 = failures only; 1 = any final state.
