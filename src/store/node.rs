@@ -576,6 +576,26 @@ fn decode_batch(data: &[u8]) -> Option<DecodedBatch<'_>> {
 }
 
 /// The raft node of one replica, free of I/O. See the module header.
+///
+/// A driver's loop, in outline:
+///
+/// ```text
+/// start:   (log, recovered) = RaftLog::open(..); restore the state machine from
+///          its durable snapshot (if any); start = LogStart::from_recovered(..),
+///          or LogStart::bootstrap(voters) for a new cluster's empty node;
+///          core = RaftCore::new(config, start, sm)
+/// loop:    feed inputs: core.propose(request_id, bytes) / core.step(msg) /
+///          core.tick() every tick / core.report_snapshot(..)
+///          while core.has_ready():
+///              a = core.ready()?        // seals the batch, applies commits
+///              execute `a` in the order documented on `Actions`
+///              (sync now, or keep `a.number` + `a.persisted_messages` until
+///              a later sync covers them, then send them and
+///              core.persisted(a.number))
+///          now and then: save the state machine durably at
+///          core.applied_snapshot_metadata(), then
+///          core.set_durable_snapshot_index(index)
+/// ```
 pub struct RaftCore<SM: StateMachine> {
     raw: RawNode<MemLog>,
     sm: SM,
@@ -641,8 +661,9 @@ impl<SM: StateMachine> RaftCore<SM> {
         // The commit index is persisted lazily; what the state machine applied
         // was certainly committed. It never exceeds the log (raft-rs would
         // panic): lowering it is always safe, the leader repeats it.
-        if log.hard_state.commit < state_applied {
-            log.hard_state.commit = state_applied;
+        let known_committed = state_applied.max(log.snapshot_index);
+        if log.hard_state.commit < known_committed {
+            log.hard_state.commit = known_committed;
         }
         if log.hard_state.commit > log.last() {
             log.hard_state.commit = log.last();
@@ -797,7 +818,12 @@ impl<SM: StateMachine> RaftCore<SM> {
     }
 
     /// Adds `id` as a learner and promotes it to voter once it has caught up.
+    /// Does nothing for a node that is already a voter (adding it as a
+    /// learner would demote it).
     pub fn add_voter_via_learner(&mut self, id: u64) -> Result<(), StoreError> {
+        if self.raw.store().conf_state.voters.contains(&id) {
+            return Ok(());
+        }
         let is_learner = self.raw.store().conf_state.learners.contains(&id);
         if !is_learner {
             self.propose_conf_change(single_change(id, ConfChangeType::AddLearnerNode))?;
@@ -816,7 +842,14 @@ impl<SM: StateMachine> RaftCore<SM> {
     }
 
     /// Removes `id` from the configuration (voter or learner).
+    /// The leader refuses to remove itself: transfer leadership first, so
+    /// the group never waits out an election for a leader that left.
     pub fn remove_node(&mut self, id: u64) -> Result<(), StoreError> {
+        if id == self.config.id {
+            return Err(StoreError::Raft(
+                "the leader cannot remove itself: transfer leadership first".into(),
+            ));
+        }
         self.promotions.retain(|(p, _)| *p != id);
         self.propose_conf_change(single_change(id, ConfChangeType::RemoveNode))
     }
@@ -1632,6 +1665,16 @@ mod tests {
             assert!(core.conf_state().learners.is_empty());
         }
         assert_eq!(cores[1].state_machine().commands.len(), 1);
+        // Re-adding a voter must not demote it; the leader cannot remove itself.
+        let leader = if cores[0].is_leader() { 0 } else { 1 };
+        let other = cores[1 - leader].id();
+        cores[leader].add_voter_via_learner(other).expect("no-op");
+        let leader_id = cores[leader].id();
+        assert!(cores[leader].remove_node(leader_id).is_err());
+        route(&mut cores, &mut replies);
+        for core in &cores {
+            assert!(core.conf_state().learners.is_empty(), "node {}", core.id());
+        }
     }
 
     /// Raw core throughput for one voter with an instant disk:
