@@ -22,7 +22,7 @@ use std::rc::Rc;
 use raft::eraftpb::{ConfState, Message, MessageType, SnapshotMetadata};
 
 use super::command::{Account, BindKind, Command};
-use super::node::{Actions, CoreConfig, LogStart, ProposalResult, RaftCore};
+use super::node::{Actions, CoreConfig, CoreMetrics, LogStart, ProposalResult, RaftCore};
 use super::state::{AppState, ApplyOutcome};
 use super::wal::{LogOptions, RaftLog, SimDisk};
 use super::{StateMachine, StoreError};
@@ -389,6 +389,8 @@ pub struct SimReport {
     pub crashes: u64,
     pub power_losses: u64,
     pub snapshots_installed: u64,
+    /// Snapshots installed per node (how each node caught up).
+    pub snapshots_installed_by_node: BTreeMap<u64, u64>,
     pub snapshots_built: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
@@ -396,6 +398,18 @@ pub struct SimReport {
     pub proposals_batched: u64,
     /// Accounts in the final AppState (shows the application state was fed).
     pub app_accounts: u64,
+}
+
+impl SimReport {
+    /// Adds the counters of one node's core (at a crash, a shutdown or the end).
+    fn absorb(&mut self, id: u64, metrics: &CoreMetrics) {
+        self.max_term = self.max_term.max(metrics.term);
+        self.snapshots_installed += metrics.snapshots_installed;
+        *self.snapshots_installed_by_node.entry(id).or_default() += metrics.snapshots_installed;
+        self.snapshots_built += metrics.snapshots_built;
+        self.batches_proposed += metrics.batches_proposed;
+        self.proposals_batched += metrics.proposals_batched;
+    }
 }
 
 /// A message on the wire, ordered by delivery step then send order.
@@ -707,11 +721,7 @@ impl Sim {
         node.disk.power_cut(seed);
         node.restart_at = restart_at;
         self.report.crashes += 1;
-        let metrics = running.core.metrics();
-        self.report.snapshots_installed += metrics.snapshots_installed;
-        self.report.snapshots_built += metrics.snapshots_built;
-        self.report.batches_proposed += metrics.batches_proposed;
-        self.report.proposals_batched += metrics.proposals_batched;
+        self.report.absorb(id, running.core.metrics());
         for (command, attempts) in running.requests.values() {
             self.retry_queue
                 .push_back((self.step + 20, *command, attempts + 1));
@@ -1157,12 +1167,7 @@ impl Sim {
         }
         for node in self.nodes.values() {
             if let Some(r) = &node.running {
-                let m = r.core.metrics();
-                self.report.max_term = self.report.max_term.max(m.term);
-                self.report.snapshots_installed += m.snapshots_installed;
-                self.report.snapshots_built += m.snapshots_built;
-                self.report.batches_proposed += m.batches_proposed;
-                self.report.proposals_batched += m.proposals_batched;
+                self.report.absorb(node.id, r.core.metrics());
             }
         }
         self.report.final_applied_index = reference.map_or(0, |(i, _)| i);
@@ -1358,7 +1363,9 @@ impl Sim {
             .collect();
         for id in leavers {
             if let Some(node) = self.nodes.get_mut(&id) {
-                node.running = None;
+                if let Some(running) = node.running.take() {
+                    self.report.absorb(id, running.core.metrics());
+                }
                 node.retired = true;
                 node.restart_at = None;
             }
