@@ -75,6 +75,12 @@ pub struct CoreConfig {
     /// of the leader's last index.
     pub learner_catch_up_entries: u64,
     pub max_size_per_msg_bytes: u64,
+    /// Committed entries handed to the state machine per ready (a restart
+    /// replaying a long log applies it in slices, not in one allocation).
+    pub max_apply_bytes_per_ready: u64,
+    /// Proposed but uncommitted bytes a leader holds before it refuses new
+    /// batches (`Retry(Dropped)`): bounds memory while followers lag.
+    pub max_uncommitted_bytes: u64,
     pub max_inflight_msgs: usize,
     pub check_quorum: bool,
     pub pre_vote: bool,
@@ -95,6 +101,8 @@ impl CoreConfig {
             compact_min_entries: 256,
             learner_catch_up_entries: 64,
             max_size_per_msg_bytes: 1 << 20,
+            max_apply_bytes_per_ready: 16 << 20,
+            max_uncommitted_bytes: 256 << 20,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
@@ -682,6 +690,8 @@ impl<SM: StateMachine> RaftCore<SM> {
             heartbeat_tick: config.heartbeat_ticks,
             applied,
             max_size_per_msg: config.max_size_per_msg_bytes,
+            max_committed_size_per_ready: config.max_apply_bytes_per_ready,
+            max_uncommitted_size: config.max_uncommitted_bytes,
             max_inflight_msgs: config.max_inflight_msgs,
             check_quorum: config.check_quorum,
             pre_vote: config.pre_vote,

@@ -690,6 +690,8 @@ impl Sim {
         config.max_batch_bytes = 4096;
         config.max_size_per_msg_bytes = 16 * 1024;
         config.max_inflight_msgs = 16;
+        // Small enough that replay after a restart spans several readies.
+        config.max_apply_bytes_per_ready = 8 * 1024;
         match RaftCore::new(config, start, sm) {
             Ok(core) => {
                 node.running = Some(RunningNode {
