@@ -133,7 +133,9 @@ fn leader_transfer() {
 #[test]
 fn chaos() {
     let reports = run_all(Scenario::Chaos);
-    assert!(reports.iter().all(|r| r.commands_acked > 0));
+    for r in &reports {
+        assert!(r.commands_acked > 0, "no progress: {r:?}");
+    }
 }
 
 #[test]
@@ -154,4 +156,18 @@ fn single_voter_power_loss() {
         assert!(r.commands_acked > 100, "too little progress: {r:?}");
     }
     assert!(total(&reports, |r| r.power_losses) >= reports.len() as u64);
+}
+
+#[test]
+fn a_seed_reproduces_exactly() {
+    for scenario in [Scenario::Chaos, Scenario::Grow1To3] {
+        for seed in seeds(scenario).into_iter().take(3) {
+            let first = run(SimOptions::new(seed, scenario)).map(|r| format!("{r:?}"));
+            let second = run(SimOptions::new(seed, scenario)).map(|r| format!("{r:?}"));
+            assert_eq!(
+                first, second,
+                "{scenario:?} seed {seed} is not deterministic"
+            );
+        }
+    }
 }

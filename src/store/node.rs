@@ -57,6 +57,12 @@ pub struct CoreConfig {
     pub incarnation: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// Election timeouts are drawn from `[min, max)` ticks; `None` is raft's
+    /// `[election_ticks, 2 * election_ticks)`. raft-rs draws them from its
+    /// thread-local RNG, so a simulation that must replay exactly from a seed
+    /// gives each node a seeded one-tick range (`(t, t + 1)`), which makes the
+    /// draw deterministic while nodes still differ.
+    pub election_timeout_range_ticks: Option<(usize, usize)>,
     /// A batch is sealed early once its envelope reaches this size.
     pub max_batch_bytes: usize,
     /// Proposals accepted but not yet answered; beyond this `propose` answers
@@ -94,6 +100,7 @@ impl CoreConfig {
             incarnation,
             election_ticks: 10,
             heartbeat_ticks: 2,
+            election_timeout_range_ticks: None,
             max_batch_bytes: 1 << 20,
             max_pending_proposals: 1 << 20,
             proposal_timeout_ticks: 50,
@@ -331,7 +338,7 @@ pub struct CoreMetrics {
 /// The durable copy lives in the driver's log; this one is filled from it at
 /// start and kept in step by the core (appends from each ready, installs,
 /// compaction).
-pub struct MemLog {
+struct MemLog {
     hard_state: HardState,
     conf_state: ConfState,
     /// The compaction point: entries up to here are gone.
@@ -684,8 +691,12 @@ impl<SM: StateMachine> RaftCore<SM> {
             Vec::new()
         };
         let applied = state_applied.max(log.snapshot_index);
+        let (min_election_tick, max_election_tick) =
+            config.election_timeout_range_ticks.unwrap_or((0, 0));
         let raft_config = raft::Config {
             id: config.id,
+            min_election_tick,
+            max_election_tick,
             election_tick: config.election_ticks,
             heartbeat_tick: config.heartbeat_ticks,
             applied,

@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::rc::Rc;
 
@@ -379,6 +379,7 @@ impl SimOptions {
 /// What a successful run saw (for assertions that a scenario did its job).
 #[derive(Debug, Clone, Default)]
 pub struct SimReport {
+    pub seed: u64,
     pub commands_proposed: u64,
     pub commands_acked: u64,
     pub retries: u64,
@@ -447,7 +448,7 @@ struct RunningNode {
     compact_to: u64,
     /// request id -> (command id, attempts so far) for proposals this node
     /// has not answered.
-    requests: HashMap<u64, (u64, u32)>,
+    requests: BTreeMap<u64, (u64, u32)>,
 }
 
 struct SimNode {
@@ -582,6 +583,7 @@ impl Sim {
         let violations = self.oracle.borrow().violations.clone();
         self.failures.extend(violations);
         if self.failures.is_empty() {
+            self.report.seed = self.options.seed;
             Ok(self.report)
         } else {
             let mut message = format!(
@@ -647,6 +649,9 @@ impl Sim {
 
     fn start_node(&mut self, id: u64) {
         let oracle = Rc::clone(&self.oracle);
+        // raft-rs would draw timeouts from its thread-local RNG: give each
+        // node incarnation a seeded timeout instead, so a seed replays exactly.
+        let election_timeout = 10 + self.rng.below(10) as usize;
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -682,6 +687,7 @@ impl Sim {
         }
         let mut config = CoreConfig::new(id, node.incarnations);
         config.election_ticks = 10;
+        config.election_timeout_range_ticks = Some((election_timeout, election_timeout + 1));
         config.heartbeat_ticks = 2;
         config.proposal_timeout_ticks = 40;
         config.compact_keep_entries = 30;
@@ -699,7 +705,7 @@ impl Sim {
                     log,
                     unsynced: Vec::new(),
                     compact_to: 0,
-                    requests: HashMap::new(),
+                    requests: BTreeMap::new(),
                 });
                 node.restart_at = None;
             }
