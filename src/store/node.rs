@@ -35,6 +35,13 @@ use raft::{GetEntriesContext, RaftState, RawNode, SnapshotStatus, StateRole, Sto
 use super::wal::Recovered;
 use super::{StateMachine, StoreError};
 
+// Batch envelope (the data of every normal entry this core proposes), all
+// integers little-endian:
+//   u8 version (1) | u64 origin node | u64 origin incarnation | u64 batch seq |
+//   u32 count | count x (u64 request id | u32 length | command bytes)
+// Any other entry data (the leader's empty entry, a future version, garbage)
+// is applied as an entry without commands.
+
 /// Version byte that opens every batch envelope; a newer binary keeps reading
 /// older versions, an unknown version is applied as an empty entry.
 const ENVELOPE_VERSION: u8 = 1;
