@@ -1705,6 +1705,33 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn envelope_decoding_never_panics_and_round_trips(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            commands in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                1..8,
+            ),
+        ) {
+            let _ = decode_batch(&garbage);
+            let mut core = single_voter();
+            for (id, command) in commands.iter().enumerate() {
+                core.propose(id as u64, command);
+            }
+            let actions = core.ready().expect("ready");
+            let data = actions
+                .entries
+                .iter()
+                .find(|e| !e.data.is_empty())
+                .map(|e| e.data.to_vec())
+                .expect("batch entry");
+            let batch = decode_batch(&data).expect("own envelope decodes");
+            let decoded: Vec<Vec<u8>> = batch.commands.iter().map(|c| c.to_vec()).collect();
+            proptest::prop_assert_eq!(decoded, commands);
+        }
+    }
+
     /// Raw core throughput for one voter with an instant disk:
     /// `cargo test --release --lib store::node::tests::single_voter_throughput -- --ignored --nocapture`
     #[test]
