@@ -9,6 +9,8 @@
 pub mod command;
 pub mod id;
 pub mod kv;
+pub mod node;
+pub mod sim;
 pub mod snapshot;
 pub mod state;
 pub mod wal;
