@@ -6,6 +6,8 @@
 //! them (production and simulated). Must not touch: SMPP or HTTP sessions; they
 //! reach the store only by proposing commands and reading applied state.
 
+pub mod transport;
+
 use std::fmt;
 
 /// A deterministic state machine replicated by the log.
