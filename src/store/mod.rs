@@ -7,6 +7,7 @@
 //! reach the store only by proposing commands and reading applied state.
 
 pub mod transport;
+pub mod wal;
 
 use std::fmt;
 
