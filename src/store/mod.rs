@@ -8,6 +8,9 @@
 
 pub mod transport;
 pub mod wal;
+pub mod command;
+pub mod id;
+pub mod state;
 
 use std::fmt;
 

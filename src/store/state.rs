@@ -1,0 +1,1302 @@
+//! The replicated application state: messages, deliveries, binds, nodes and
+//! provisioning, changed only by applying committed `Command`s.
+//!
+//! Owns: `AppState` (the `StateMachine` the raft driver applies to), the
+//! ownership rules (who dispatches a message, who delivers a DLR or MO) and the
+//! read-only queries the appliance uses. Must not touch: clocks, randomness,
+//! node-local configuration or I/O inside `apply`; every replica that applies
+//! the same log ends byte-for-byte equal (`snapshot()` compares equal).
+//!
+//! Layout: `Core` is the primary data and the only thing a snapshot holds;
+//! `Indexes` are derived from it and rebuilt on `restore`, so they can never
+//! disagree with a snapshot. All maps are ordered (BTreeMap) so that any
+//! iteration inside apply, and the snapshot bytes, are the same everywhere.
+
+use crate::store::command::{
+    Accept, Account, BindKind, Command, Connector, MoReceived, NodeId, NumberRange, Receipt, Route,
+};
+use crate::store::id::MessageId;
+use crate::store::{StateMachine, StoreError};
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Version byte in front of every state snapshot.
+pub const SNAPSHOT_VERSION: u8 = 1;
+
+/// Orphan receipts kept at most; the oldest are dropped beyond this (a flood
+/// of receipts for ids nobody submitted must not grow memory without bound).
+pub const MAX_ORPHAN_RECEIPTS: usize = 100_000;
+
+/// Upstream ids remembered per message (resubmissions after a timeout can give
+/// one message several); receipts for older ones still match until dropped.
+pub const MAX_UPSTREAMS_PER_MESSAGE: usize = 4;
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MessageState {
+    /// Accepted from the customer, not yet taken by an operator.
+    Accepted,
+    /// An operator took it (submit_sm_resp OK).
+    Submitted,
+    /// An intermediate receipt said it is on its way.
+    EnRoute,
+    Delivered,
+    Expired,
+    Deleted,
+    Undeliverable,
+    /// The operator's final ACCEPTED state (read on the subscriber's behalf).
+    OperatorAccepted,
+    Unknown,
+    Rejected,
+    /// Every upstream attempt failed permanently.
+    Failed,
+}
+
+impl MessageState {
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            MessageState::Accepted | MessageState::Submitted | MessageState::EnRoute
+        )
+    }
+
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            MessageState::Delivered | MessageState::OperatorAccepted
+        )
+    }
+
+    /// From an SMPP message_state code; codes outside 3.4's list map to Unknown
+    /// so that no receipt is lost.
+    pub fn from_receipt_code(code: u8) -> MessageState {
+        match code {
+            1 => MessageState::EnRoute,
+            2 => MessageState::Delivered,
+            3 => MessageState::Expired,
+            4 => MessageState::Deleted,
+            5 => MessageState::Undeliverable,
+            6 => MessageState::OperatorAccepted,
+            8 => MessageState::Rejected,
+            _ => MessageState::Unknown,
+        }
+    }
+
+    /// The SMPP message_state code (for query_sm and DLRs).
+    pub fn receipt_code(self) -> u8 {
+        match self {
+            MessageState::Accepted | MessageState::Submitted | MessageState::EnRoute => 1,
+            MessageState::Delivered => 2,
+            MessageState::Expired => 3,
+            MessageState::Deleted => 4,
+            MessageState::Undeliverable | MessageState::Failed => 5,
+            MessageState::OperatorAccepted => 6,
+            MessageState::Unknown => 7,
+            MessageState::Rejected => 8,
+        }
+    }
+}
+
+/// One submission of a message to an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub connector: String,
+    pub upstream_id: String,
+    pub submitted_at_ms: u64,
+}
+
+/// A customer message and everything that happened to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The command as accepted (its `owner_node` is the accepting node).
+    pub accept: Accept,
+    /// The node that dispatches it now (differs after a `NodeDown` hand-over).
+    pub owner: NodeId,
+    pub state: MessageState,
+    pub attempts: u32,
+    pub last_status: u32,
+    pub retry_at_ms: Option<u64>,
+    /// Oldest first; the last one is the current submission.
+    pub upstreams: Vec<Upstream>,
+    pub done_at_ms: Option<u64>,
+    pub receipt_err: u16,
+    pub receipt_raw: Option<Vec<u8>>,
+}
+
+impl Message {
+    pub fn id(&self) -> MessageId {
+        self.accept.id
+    }
+}
+
+/// A mobile-originated message and the account it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoRecord {
+    pub mo: MoReceived,
+    pub account: String,
+    pub delivered: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DeliveryKind {
+    Dlr,
+    Mo,
+}
+
+/// Something the cluster owes a customer: a DLR or an MO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDelivery {
+    pub account: String,
+    pub kind: DeliveryKind,
+    /// The node that sends it; `None` while no node holds a receiving bind.
+    pub target: Option<NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    pub account: String,
+    pub kind: BindKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub incarnation: u32,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OrphanReceipt {
+    receipt: Receipt,
+    seq: u64,
+}
+
+/// Counters kept inside the replicated state (they are results of apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounters {
+    pub duplicates: u64,
+    pub receipts_ignored: u64,
+    pub receipts_orphaned: u64,
+    pub orphans_matched: u64,
+    pub orphans_evicted: u64,
+    pub undecodable: u64,
+    pub purged_messages: u64,
+    pub purged_deliveries: u64,
+    pub handed_over: u64,
+}
+
+/// What a proposer learns about its command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// A new message or MO was recorded under this id.
+    Accepted(MessageId),
+    /// The id was already there (a retried proposal); nothing changed.
+    Duplicate(MessageId),
+    Applied,
+    /// A receipt with no matching submission yet; kept until one arrives.
+    Orphaned,
+    /// Valid but without effect (receipt for a finished message, replayed ack).
+    Ignored,
+    NotFound,
+    Rejected(RejectReason),
+    /// The bytes did not decode as a command.
+    Undecodable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    UnknownAccount,
+    AccountDisabled,
+    NodeDown,
+    TooManyBinds,
+    StaleIncarnation,
+    NotExpired,
+    NoNumberRange,
+}
+
+/// The primary data: exactly what a snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Core {
+    applied_index: u64,
+    messages: BTreeMap<MessageId, Message>,
+    mos: BTreeMap<MessageId, MoRecord>,
+    pending: BTreeMap<MessageId, PendingDelivery>,
+    /// connector → upstream id → receipt that arrived before its `Submitted`.
+    orphans: BTreeMap<String, BTreeMap<String, OrphanReceipt>>,
+    next_orphan_seq: u64,
+    binds: BTreeMap<(NodeId, u64), Bind>,
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    accounts: BTreeMap<String, Account>,
+    connectors: BTreeMap<String, Connector>,
+    routes: BTreeMap<String, Route>,
+    number_ranges: BTreeMap<String, NumberRange>,
+    counters: StateCounters,
+}
+
+/// Derived from `Core`; rebuilt by `Indexes::build`.
+#[derive(Debug, Default)]
+struct Indexes {
+    /// connector → upstream id → message.
+    by_upstream: BTreeMap<String, BTreeMap<String, MessageId>>,
+    owned_unsubmitted: BTreeMap<NodeId, BTreeSet<MessageId>>,
+    pending_by_account: BTreeMap<String, BTreeSet<MessageId>>,
+    waiting_by_account: BTreeMap<String, BTreeSet<MessageId>>,
+    deliveries_by_node: BTreeMap<NodeId, BTreeSet<MessageId>>,
+    binds_by_account: BTreeMap<String, BTreeSet<(NodeId, u64)>>,
+    orphan_order: BTreeSet<(u64, String, String)>,
+    messages_by_received: BTreeSet<(u64, MessageId)>,
+    mos_by_received: BTreeSet<(u64, MessageId)>,
+}
+
+impl Indexes {
+    fn build(core: &Core) -> Indexes {
+        let mut ix = Indexes::default();
+        for (id, message) in &core.messages {
+            for upstream in &message.upstreams {
+                ix.by_upstream
+                    .entry(upstream.connector.clone())
+                    .or_default()
+                    .insert(upstream.upstream_id.clone(), *id);
+            }
+            if message.state == MessageState::Accepted {
+                ix.owned_unsubmitted
+                    .entry(message.owner)
+                    .or_default()
+                    .insert(*id);
+            }
+            ix.messages_by_received
+                .insert((message.accept.received_at_ms, *id));
+        }
+        for (id, mo) in &core.mos {
+            ix.mos_by_received.insert((mo.mo.received_at_ms, *id));
+        }
+        for (id, pending) in &core.pending {
+            ix.add_pending(*id, pending);
+        }
+        for (key, bind) in &core.binds {
+            ix.binds_by_account
+                .entry(bind.account.clone())
+                .or_default()
+                .insert(*key);
+        }
+        for (connector, by_id) in &core.orphans {
+            for (upstream_id, orphan) in by_id {
+                ix.orphan_order
+                    .insert((orphan.seq, connector.clone(), upstream_id.clone()));
+            }
+        }
+        ix
+    }
+
+    fn add_pending(&mut self, id: MessageId, pending: &PendingDelivery) {
+        self.pending_by_account
+            .entry(pending.account.clone())
+            .or_default()
+            .insert(id);
+        match pending.target {
+            Some(node) => {
+                self.deliveries_by_node.entry(node).or_default().insert(id);
+            }
+            None => {
+                self.waiting_by_account
+                    .entry(pending.account.clone())
+                    .or_default()
+                    .insert(id);
+            }
+        }
+    }
+
+    fn remove_pending(&mut self, id: MessageId, pending: &PendingDelivery) {
+        remove_from(&mut self.pending_by_account, &pending.account, &id);
+        match pending.target {
+            Some(node) => remove_from(&mut self.deliveries_by_node, &node, &id),
+            None => remove_from(&mut self.waiting_by_account, &pending.account, &id),
+        }
+    }
+}
+
+/// Removes `value` from the set at `key`, dropping the set when it empties so
+/// that indexes rebuilt from scratch compare equal to maintained ones.
+fn remove_from<K, Q, V>(map: &mut BTreeMap<Q, BTreeSet<V>>, key: &K, value: &V)
+where
+    K: Ord + ?Sized,
+    Q: Ord + std::borrow::Borrow<K>,
+    V: Ord,
+{
+    if let Some(set) = map.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// The deterministic state machine of the appliance.
+#[derive(Debug, Default)]
+pub struct AppState {
+    core: Core,
+    ix: Indexes,
+}
+
+fn snapshot_codec() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .with_little_endian()
+        .reject_trailing_bytes()
+}
+
+/// Whether the account asked for a receipt for a message ending in `state`.
+fn wants_dlr(registered_delivery: u8, state: MessageState) -> bool {
+    match registered_delivery & 0b11 {
+        1 => state.is_final(),
+        2 => state.is_final() && !state.is_success(),
+        _ => false,
+    }
+}
+
+impl AppState {
+    pub fn new() -> AppState {
+        AppState::default()
+    }
+
+    // ----- queries -----
+
+    pub fn message(&self, id: &MessageId) -> Option<&Message> {
+        self.core.messages.get(id)
+    }
+
+    pub fn mo(&self, id: &MessageId) -> Option<&MoRecord> {
+        self.core.mos.get(id)
+    }
+
+    pub fn by_upstream(&self, connector: &str, upstream_id: &str) -> Option<&Message> {
+        let id = self.ix.by_upstream.get(connector)?.get(upstream_id)?;
+        self.core.messages.get(id)
+    }
+
+    /// DLRs and MOs owed to `account`, waiting or targeted, in id order.
+    pub fn pending_for_account<'a>(
+        &'a self,
+        account: &str,
+    ) -> impl Iterator<Item = (MessageId, &'a PendingDelivery)> + 'a {
+        self.ix
+            .pending_by_account
+            .get(account)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.core.pending.get(id).map(|p| (*id, p)))
+    }
+
+    /// Messages `node` must still submit upstream, in id order.
+    pub fn owned_unsubmitted(&self, node: NodeId) -> impl Iterator<Item = &Message> + '_ {
+        self.ix
+            .owned_unsubmitted
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.core.messages.get(id))
+    }
+
+    /// DLRs and MOs that `node` is to send, in id order.
+    pub fn deliveries_for_node(
+        &self,
+        node: NodeId,
+    ) -> impl Iterator<Item = (MessageId, &PendingDelivery)> + '_ {
+        self.ix
+            .deliveries_by_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.core.pending.get(id).map(|p| (*id, p)))
+    }
+
+    pub fn pending_delivery(&self, id: &MessageId) -> Option<&PendingDelivery> {
+        self.core.pending.get(id)
+    }
+
+    /// Finished messages received before `before_ms` (for archiving before a
+    /// `Purge`), oldest first.
+    pub fn finished_before(&self, before_ms: u64) -> impl Iterator<Item = &Message> + '_ {
+        self.ix
+            .messages_by_received
+            .range(..(before_ms, min_id()))
+            .filter_map(|(_, id)| self.core.messages.get(id))
+            .filter(|m| m.state.is_final())
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.core.accounts.get(name)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> + '_ {
+        self.core.accounts.values()
+    }
+
+    pub fn connector(&self, name: &str) -> Option<&Connector> {
+        self.core.connectors.get(name)
+    }
+
+    pub fn connectors(&self) -> impl Iterator<Item = &Connector> + '_ {
+        self.core.connectors.values()
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Route> + '_ {
+        self.core.routes.values()
+    }
+
+    pub fn number_ranges(&self) -> impl Iterator<Item = &NumberRange> + '_ {
+        self.core.number_ranges.values()
+    }
+
+    /// The route for a message: longest matching destination prefix; among
+    /// equals an account-specific route beats a generic one, then the lower
+    /// priority, then the name.
+    pub fn route_for(&self, account: &str, destination: &str) -> Option<&Route> {
+        self.core
+            .routes
+            .values()
+            .filter(|r| r.account.as_deref().map_or(true, |a| a == account))
+            .filter(|r| destination.starts_with(r.destination_prefix.as_str()))
+            .min_by(|a, b| {
+                b.destination_prefix
+                    .len()
+                    .cmp(&a.destination_prefix.len())
+                    .then(b.account.is_some().cmp(&a.account.is_some()))
+                    .then(a.priority.cmp(&b.priority))
+                    .then(a.name.cmp(&b.name))
+            })
+    }
+
+    /// The number range an MO to `destination` belongs to (longest prefix,
+    /// then name).
+    pub fn number_range_for(&self, destination: &str) -> Option<&NumberRange> {
+        self.core
+            .number_ranges
+            .values()
+            .filter(|r| destination.starts_with(r.prefix.as_str()))
+            .min_by(|a, b| {
+                b.prefix
+                    .len()
+                    .cmp(&a.prefix.len())
+                    .then(a.name.cmp(&b.name))
+            })
+    }
+
+    /// Open binds of `account`: ((node, session), kind).
+    pub fn binds_for_account<'a>(
+        &'a self,
+        account: &str,
+    ) -> impl Iterator<Item = ((NodeId, u64), BindKind)> + 'a {
+        self.ix
+            .binds_by_account
+            .get(account)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.core.binds.get(key).map(|b| (*key, b.kind)))
+    }
+
+    pub fn bind_count(&self) -> usize {
+        self.core.binds.len()
+    }
+
+    pub fn node(&self, node: NodeId) -> Option<NodeRecord> {
+        self.core.nodes.get(&node).copied()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, NodeRecord)> + '_ {
+        self.core.nodes.iter().map(|(n, r)| (*n, *r))
+    }
+
+    /// The incarnation a booting node should propose in `NodeUp` (and use as
+    /// its message-id epoch once that commits).
+    pub fn next_incarnation(&self, node: NodeId) -> u32 {
+        self.core
+            .nodes
+            .get(&node)
+            .map_or(1, |r| r.incarnation.saturating_add(1))
+    }
+
+    pub fn counters(&self) -> StateCounters {
+        self.core.counters
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.core.messages.len()
+    }
+
+    pub fn orphan_count(&self) -> usize {
+        self.ix.orphan_order.len()
+    }
+
+    pub fn has_orphan(&self, connector: &str, upstream_id: &str) -> bool {
+        self.core
+            .orphans
+            .get(connector)
+            .is_some_and(|m| m.contains_key(upstream_id))
+    }
+
+    // ----- apply -----
+
+    /// Applies one command. Deterministic: reads only `self` and `command`.
+    pub fn apply_command(&mut self, command: Command) -> ApplyOutcome {
+        match command {
+            Command::Accept(accept) => self.apply_accept(accept),
+            Command::Submitted {
+                id,
+                connector,
+                upstream_id,
+                at_ms,
+            } => self.apply_submitted(id, connector, upstream_id, at_ms),
+            Command::SubmitFailed {
+                id,
+                status,
+                permanent,
+                at_ms,
+                retry_at_ms,
+            } => self.apply_submit_failed(id, status, permanent, at_ms, retry_at_ms),
+            Command::Receipt(receipt) => self.apply_receipt(receipt),
+            Command::DlrDelivered { id } => self.apply_delivered(id, DeliveryKind::Dlr),
+            Command::MoReceived(mo) => self.apply_mo(mo),
+            Command::MoDelivered { id } => self.apply_delivered(id, DeliveryKind::Mo),
+            Command::Expire { id, at_ms } => self.apply_expire(id, at_ms),
+            Command::BindOpened {
+                node,
+                session,
+                account,
+                kind,
+            } => self.apply_bind_opened(node, session, account, kind),
+            Command::BindClosed { node, session } => self.apply_bind_closed(node, session),
+            Command::NodeUp { node, incarnation } => self.apply_node_up(node, incarnation),
+            Command::NodeDown { node } => self.apply_node_down(node),
+            Command::UpsertAccount(account) => {
+                self.core.accounts.insert(account.name.clone(), account);
+                ApplyOutcome::Applied
+            }
+            Command::RemoveAccount { name } => removed(self.core.accounts.remove(&name)),
+            Command::UpsertConnector(connector) => {
+                self.core
+                    .connectors
+                    .insert(connector.name.clone(), connector);
+                ApplyOutcome::Applied
+            }
+            Command::RemoveConnector { name } => removed(self.core.connectors.remove(&name)),
+            Command::UpsertRoute(route) => {
+                self.core.routes.insert(route.name.clone(), route);
+                ApplyOutcome::Applied
+            }
+            Command::RemoveRoute { name } => removed(self.core.routes.remove(&name)),
+            Command::UpsertNumberRange(range) => {
+                self.core.number_ranges.insert(range.name.clone(), range);
+                ApplyOutcome::Applied
+            }
+            Command::RemoveNumberRange { name } => removed(self.core.number_ranges.remove(&name)),
+            Command::Purge { before_ms, account } => self.apply_purge(before_ms, account),
+        }
+    }
+
+    fn check_account(&self, name: &str) -> Result<(), RejectReason> {
+        match self.core.accounts.get(name) {
+            None => Err(RejectReason::UnknownAccount),
+            Some(a) if !a.enabled => Err(RejectReason::AccountDisabled),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn apply_accept(&mut self, accept: Accept) -> ApplyOutcome {
+        let id = accept.id;
+        if self.core.messages.contains_key(&id) {
+            self.core.counters.duplicates += 1;
+            return ApplyOutcome::Duplicate(id);
+        }
+        if let Err(reason) = self.check_account(&accept.account) {
+            return ApplyOutcome::Rejected(reason);
+        }
+        // A node declared down before its Accept committed cannot dispatch it.
+        let owner = if self.is_live(accept.owner_node) {
+            accept.owner_node
+        } else {
+            self.pick_live_node(id).unwrap_or(accept.owner_node)
+        };
+        self.ix
+            .owned_unsubmitted
+            .entry(owner)
+            .or_default()
+            .insert(id);
+        self.ix
+            .messages_by_received
+            .insert((accept.received_at_ms, id));
+        self.core.messages.insert(
+            id,
+            Message {
+                accept,
+                owner,
+                state: MessageState::Accepted,
+                attempts: 0,
+                last_status: 0,
+                retry_at_ms: None,
+                upstreams: Vec::new(),
+                done_at_ms: None,
+                receipt_err: 0,
+                receipt_raw: None,
+            },
+        );
+        ApplyOutcome::Accepted(id)
+    }
+
+    fn apply_submitted(
+        &mut self,
+        id: MessageId,
+        connector: String,
+        upstream_id: String,
+        at_ms: u64,
+    ) -> ApplyOutcome {
+        let Some(message) = self.core.messages.get_mut(&id) else {
+            return ApplyOutcome::NotFound;
+        };
+        if message
+            .upstreams
+            .iter()
+            .any(|u| u.connector == connector && u.upstream_id == upstream_id)
+        {
+            self.core.counters.duplicates += 1;
+            return ApplyOutcome::Duplicate(id);
+        }
+        if message.state == MessageState::Accepted {
+            message.state = MessageState::Submitted;
+            message.retry_at_ms = None;
+            remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
+        }
+        message.attempts = message.attempts.saturating_add(1);
+        if message.upstreams.len() >= MAX_UPSTREAMS_PER_MESSAGE {
+            let dropped = message.upstreams.remove(0);
+            remove_upstream_index(&mut self.ix.by_upstream, &dropped, id);
+        }
+        message.upstreams.push(Upstream {
+            connector: connector.clone(),
+            upstream_id: upstream_id.clone(),
+            submitted_at_ms: at_ms,
+        });
+        // An operator reusing an id: the newest submission owns it.
+        let orphan = self
+            .core
+            .orphans
+            .get_mut(&connector)
+            .and_then(|m| m.remove(&upstream_id));
+        if self
+            .core
+            .orphans
+            .get(&connector)
+            .is_some_and(|m| m.is_empty())
+        {
+            self.core.orphans.remove(&connector);
+        }
+        self.ix
+            .by_upstream
+            .entry(connector.clone())
+            .or_default()
+            .insert(upstream_id.clone(), id);
+        if let Some(orphan) = orphan {
+            self.ix
+                .orphan_order
+                .remove(&(orphan.seq, connector, upstream_id));
+            self.core.counters.orphans_matched += 1;
+            self.apply_receipt_to(id, &orphan.receipt);
+        }
+        ApplyOutcome::Applied
+    }
+
+    fn apply_submit_failed(
+        &mut self,
+        id: MessageId,
+        status: u32,
+        permanent: bool,
+        at_ms: u64,
+        retry_at_ms: Option<u64>,
+    ) -> ApplyOutcome {
+        let Some(message) = self.core.messages.get_mut(&id) else {
+            return ApplyOutcome::NotFound;
+        };
+        // Only a message still waiting for an operator can fail to submit; a
+        // late failure of a concurrent attempt changes nothing.
+        if message.state != MessageState::Accepted {
+            return ApplyOutcome::Ignored;
+        }
+        message.attempts = message.attempts.saturating_add(1);
+        message.last_status = status;
+        if permanent {
+            message.state = MessageState::Failed;
+            message.done_at_ms = Some(at_ms);
+            message.retry_at_ms = None;
+            remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
+            self.queue_dlr_if_wanted(id);
+        } else {
+            message.retry_at_ms = retry_at_ms;
+        }
+        ApplyOutcome::Applied
+    }
+
+    fn apply_receipt(&mut self, receipt: Receipt) -> ApplyOutcome {
+        let matched = self
+            .ix
+            .by_upstream
+            .get(receipt.connector.as_str())
+            .and_then(|m| m.get(receipt.upstream_id.as_str()))
+            .copied();
+        match matched {
+            Some(id) => self.apply_receipt_to(id, &receipt),
+            None => self.keep_orphan(receipt),
+        }
+    }
+
+    fn keep_orphan(&mut self, receipt: Receipt) -> ApplyOutcome {
+        let by_id = self
+            .core
+            .orphans
+            .entry(receipt.connector.clone())
+            .or_default();
+        if by_id.contains_key(receipt.upstream_id.as_str()) {
+            // The same receipt twice (the operator resent it): keep the first.
+            self.core.counters.duplicates += 1;
+            return ApplyOutcome::Orphaned;
+        }
+        let seq = self.core.next_orphan_seq;
+        self.core.next_orphan_seq += 1;
+        self.ix
+            .orphan_order
+            .insert((seq, receipt.connector.clone(), receipt.upstream_id.clone()));
+        by_id.insert(receipt.upstream_id.clone(), OrphanReceipt { receipt, seq });
+        self.core.counters.receipts_orphaned += 1;
+        while self.ix.orphan_order.len() > MAX_ORPHAN_RECEIPTS {
+            let Some((_, connector, upstream_id)) = self.ix.orphan_order.pop_first() else {
+                break;
+            };
+            self.remove_orphan_entry(&connector, &upstream_id);
+            self.core.counters.orphans_evicted += 1;
+        }
+        ApplyOutcome::Orphaned
+    }
+
+    fn remove_orphan_entry(&mut self, connector: &str, upstream_id: &str) {
+        if let Some(by_id) = self.core.orphans.get_mut(connector) {
+            by_id.remove(upstream_id);
+            if by_id.is_empty() {
+                self.core.orphans.remove(connector);
+            }
+        }
+    }
+
+    fn apply_receipt_to(&mut self, id: MessageId, receipt: &Receipt) -> ApplyOutcome {
+        let Some(message) = self.core.messages.get_mut(&id) else {
+            debug_assert!(false, "upstream index points at a missing message {id}");
+            return ApplyOutcome::NotFound;
+        };
+        if message.state.is_final() {
+            self.core.counters.receipts_ignored += 1;
+            return ApplyOutcome::Ignored;
+        }
+        let new_state = MessageState::from_receipt_code(receipt.state);
+        message.state = new_state;
+        message.receipt_err = receipt.err;
+        message.receipt_raw.clone_from(&receipt.raw);
+        if new_state.is_final() {
+            message.done_at_ms = Some(receipt.done_at_ms);
+            self.queue_dlr_if_wanted(id);
+        }
+        ApplyOutcome::Applied
+    }
+
+    fn queue_dlr_if_wanted(&mut self, id: MessageId) {
+        let Some(message) = self.core.messages.get(&id) else {
+            return;
+        };
+        if !wants_dlr(message.accept.registered_delivery, message.state)
+            || self.core.pending.contains_key(&id)
+        {
+            return;
+        }
+        let account = message.accept.account.clone();
+        let target = self.pick_delivery_node(&account, id);
+        self.insert_pending(
+            id,
+            PendingDelivery {
+                account,
+                kind: DeliveryKind::Dlr,
+                target,
+            },
+        );
+    }
+
+    fn insert_pending(&mut self, id: MessageId, pending: PendingDelivery) {
+        self.ix.add_pending(id, &pending);
+        self.core.pending.insert(id, pending);
+    }
+
+    fn remove_pending(&mut self, id: MessageId) -> Option<PendingDelivery> {
+        let pending = self.core.pending.remove(&id)?;
+        self.ix.remove_pending(id, &pending);
+        Some(pending)
+    }
+
+    fn retarget(&mut self, id: MessageId) {
+        let Some(pending) = self.remove_pending(id) else {
+            return;
+        };
+        let target = self.pick_delivery_node(&pending.account, id);
+        self.insert_pending(id, PendingDelivery { target, ..pending });
+    }
+
+    fn apply_delivered(&mut self, id: MessageId, kind: DeliveryKind) -> ApplyOutcome {
+        match self.core.pending.get(&id) {
+            Some(p) if p.kind == kind => {
+                self.remove_pending(id);
+                if kind == DeliveryKind::Mo {
+                    if let Some(mo) = self.core.mos.get_mut(&id) {
+                        mo.delivered = true;
+                    }
+                }
+                ApplyOutcome::Applied
+            }
+            _ => ApplyOutcome::Ignored,
+        }
+    }
+
+    fn apply_mo(&mut self, mo: MoReceived) -> ApplyOutcome {
+        let id = mo.id;
+        if self.core.mos.contains_key(&id) {
+            self.core.counters.duplicates += 1;
+            return ApplyOutcome::Duplicate(id);
+        }
+        let Some(account) = self
+            .number_range_for(&mo.destination.digits)
+            .map(|r| r.account.clone())
+        else {
+            return ApplyOutcome::Rejected(RejectReason::NoNumberRange);
+        };
+        let target = self.pick_delivery_node(&account, id);
+        self.ix.mos_by_received.insert((mo.received_at_ms, id));
+        self.core.mos.insert(
+            id,
+            MoRecord {
+                mo,
+                account: account.clone(),
+                delivered: false,
+            },
+        );
+        self.insert_pending(
+            id,
+            PendingDelivery {
+                account,
+                kind: DeliveryKind::Mo,
+                target,
+            },
+        );
+        ApplyOutcome::Accepted(id)
+    }
+
+    fn apply_expire(&mut self, id: MessageId, at_ms: u64) -> ApplyOutcome {
+        let Some(message) = self.core.messages.get_mut(&id) else {
+            return ApplyOutcome::NotFound;
+        };
+        if message.state.is_final() {
+            return ApplyOutcome::Ignored;
+        }
+        if message.accept.validity_until_ms.is_some_and(|v| at_ms < v) {
+            return ApplyOutcome::Rejected(RejectReason::NotExpired);
+        }
+        if message.state == MessageState::Accepted {
+            remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
+        }
+        message.state = MessageState::Expired;
+        message.done_at_ms = Some(at_ms);
+        message.retry_at_ms = None;
+        self.queue_dlr_if_wanted(id);
+        ApplyOutcome::Applied
+    }
+
+    fn apply_bind_opened(
+        &mut self,
+        node: NodeId,
+        session: u64,
+        account: String,
+        kind: BindKind,
+    ) -> ApplyOutcome {
+        if let Err(reason) = self.check_account(&account) {
+            return ApplyOutcome::Rejected(reason);
+        }
+        if !self.is_live(node) {
+            return ApplyOutcome::Rejected(RejectReason::NodeDown);
+        }
+        if let Some(existing) = self.core.binds.get(&(node, session)) {
+            return if existing.account == account && existing.kind == kind {
+                ApplyOutcome::Ignored
+            } else {
+                ApplyOutcome::Rejected(RejectReason::TooManyBinds)
+            };
+        }
+        let max_binds = self.core.accounts.get(&account).map_or(0, |a| a.max_binds);
+        let open = self
+            .ix
+            .binds_by_account
+            .get(&account)
+            .map_or(0, |s| s.len());
+        if max_binds > 0 && open >= max_binds as usize {
+            return ApplyOutcome::Rejected(RejectReason::TooManyBinds);
+        }
+        self.ix
+            .binds_by_account
+            .entry(account.clone())
+            .or_default()
+            .insert((node, session));
+        self.core.binds.insert(
+            (node, session),
+            Bind {
+                account: account.clone(),
+                kind,
+            },
+        );
+        if kind.receives() {
+            let waiting: Vec<MessageId> = self
+                .ix
+                .waiting_by_account
+                .get(&account)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            for id in waiting {
+                self.retarget(id);
+            }
+        }
+        ApplyOutcome::Applied
+    }
+
+    fn apply_bind_closed(&mut self, node: NodeId, session: u64) -> ApplyOutcome {
+        match self.close_bind(node, session) {
+            Some(()) => ApplyOutcome::Applied,
+            None => ApplyOutcome::Ignored,
+        }
+    }
+
+    fn close_bind(&mut self, node: NodeId, session: u64) -> Option<()> {
+        let bind = self.core.binds.remove(&(node, session))?;
+        remove_from(
+            &mut self.ix.binds_by_account,
+            bind.account.as_str(),
+            &(node, session),
+        );
+        if bind.kind.receives() && !self.node_receives_for(node, &bind.account) {
+            let stranded: Vec<MessageId> = self
+                .ix
+                .pending_by_account
+                .get(&bind.account)
+                .into_iter()
+                .flatten()
+                .filter(|id| self.core.pending.get(id).and_then(|p| p.target) == Some(node))
+                .copied()
+                .collect();
+            for id in stranded {
+                self.retarget(id);
+            }
+        }
+        Some(())
+    }
+
+    fn apply_node_up(&mut self, node: NodeId, incarnation: u32) -> ApplyOutcome {
+        if self
+            .core
+            .nodes
+            .get(&node)
+            .is_some_and(|r| incarnation <= r.incarnation)
+        {
+            return ApplyOutcome::Rejected(RejectReason::StaleIncarnation);
+        }
+        self.core.nodes.insert(
+            node,
+            NodeRecord {
+                incarnation,
+                up: true,
+            },
+        );
+        // A new incarnation holds no sessions: binds left from the previous
+        // one (it restarted before anyone declared it down) are gone.
+        self.drop_node_binds(node);
+        self.hand_over_from_down_nodes();
+        ApplyOutcome::Applied
+    }
+
+    fn apply_node_down(&mut self, node: NodeId) -> ApplyOutcome {
+        let record = self.core.nodes.entry(node).or_insert(NodeRecord {
+            incarnation: 0,
+            up: true,
+        });
+        record.up = false;
+        self.drop_node_binds(node);
+        self.hand_over_from_down_nodes();
+        ApplyOutcome::Applied
+    }
+
+    fn drop_node_binds(&mut self, node: NodeId) {
+        let sessions: Vec<u64> = self
+            .core
+            .binds
+            .range((node, 0)..=(node, u64::MAX))
+            .map(|((_, session), _)| *session)
+            .collect();
+        for session in sessions {
+            self.close_bind(node, session);
+        }
+        // Deliveries aimed at the node without a bind behind them (possible
+        // only through a restart) are re-aimed too.
+        let aimed: Vec<MessageId> = self
+            .ix
+            .deliveries_by_node
+            .get(&node)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in aimed {
+            self.retarget(id);
+        }
+    }
+
+    /// Gives the unsubmitted messages of every down node to live nodes, each
+    /// by its id hash, so every replica makes the same choice.
+    fn hand_over_from_down_nodes(&mut self) {
+        let down_owners: Vec<NodeId> = self
+            .ix
+            .owned_unsubmitted
+            .keys()
+            .copied()
+            .filter(|n| !self.is_live(*n))
+            .collect();
+        for owner in down_owners {
+            let ids: Vec<MessageId> = self
+                .ix
+                .owned_unsubmitted
+                .get(&owner)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            for id in ids {
+                let Some(new_owner) = self.pick_live_node(id) else {
+                    return;
+                };
+                if let Some(message) = self.core.messages.get_mut(&id) {
+                    message.owner = new_owner;
+                    remove_from(&mut self.ix.owned_unsubmitted, &owner, &id);
+                    self.ix
+                        .owned_unsubmitted
+                        .entry(new_owner)
+                        .or_default()
+                        .insert(id);
+                    self.core.counters.handed_over += 1;
+                }
+            }
+        }
+    }
+
+    fn apply_purge(&mut self, before_ms: u64, account: Option<String>) -> ApplyOutcome {
+        let cutoff = (before_ms, min_id());
+        let doomed: Vec<MessageId> = self
+            .ix
+            .messages_by_received
+            .range(..cutoff)
+            .map(|(_, id)| *id)
+            .filter(|id| {
+                self.core.messages.get(id).is_some_and(|m| {
+                    m.state.is_final() && account.as_deref().map_or(true, |a| a == m.accept.account)
+                })
+            })
+            .collect();
+        for id in doomed {
+            let Some(message) = self.core.messages.remove(&id) else {
+                continue;
+            };
+            self.ix
+                .messages_by_received
+                .remove(&(message.accept.received_at_ms, id));
+            for upstream in &message.upstreams {
+                remove_upstream_index(&mut self.ix.by_upstream, upstream, id);
+            }
+            if self.remove_pending(id).is_some() {
+                self.core.counters.purged_deliveries += 1;
+            }
+            self.core.counters.purged_messages += 1;
+        }
+        let doomed_mos: Vec<MessageId> = self
+            .ix
+            .mos_by_received
+            .range(..cutoff)
+            .map(|(_, id)| *id)
+            .filter(|id| {
+                self.core
+                    .mos
+                    .get(id)
+                    .is_some_and(|m| account.as_deref().map_or(true, |a| a == m.account))
+            })
+            .collect();
+        for id in doomed_mos {
+            if let Some(mo) = self.core.mos.remove(&id) {
+                self.ix.mos_by_received.remove(&(mo.mo.received_at_ms, id));
+                if self.remove_pending(id).is_some() {
+                    self.core.counters.purged_deliveries += 1;
+                }
+                self.core.counters.purged_messages += 1;
+            }
+        }
+        if account.is_none() {
+            let stale: Vec<(u64, String, String)> = self
+                .ix
+                .orphan_order
+                .iter()
+                .filter(|(_, connector, upstream_id)| {
+                    self.core
+                        .orphans
+                        .get(connector)
+                        .and_then(|m| m.get(upstream_id))
+                        .is_some_and(|o| o.receipt.done_at_ms < before_ms)
+                })
+                .cloned()
+                .collect();
+            for key in stale {
+                self.remove_orphan_entry(&key.1, &key.2);
+                self.ix.orphan_order.remove(&key);
+            }
+        }
+        ApplyOutcome::Applied
+    }
+
+    // ----- ownership picks -----
+
+    /// Nodes not recorded as down are live (a node is known from its first
+    /// `NodeUp`; before that it must still be able to accept).
+    fn is_live(&self, node: NodeId) -> bool {
+        self.core.nodes.get(&node).map_or(true, |r| r.up)
+    }
+
+    fn pick_live_node(&self, id: MessageId) -> Option<NodeId> {
+        let live = self.core.nodes.iter().filter(|(_, r)| r.up);
+        let count = live.clone().count();
+        if count == 0 {
+            return None;
+        }
+        let index = (id.stable_hash() % count as u64) as usize;
+        live.map(|(n, _)| *n).nth(index)
+    }
+
+    fn node_receives_for(&self, node: NodeId, account: &str) -> bool {
+        self.core
+            .binds
+            .range((node, 0)..=(node, u64::MAX))
+            .any(|(_, b)| b.account == account && b.kind.receives())
+    }
+
+    /// One live node holding a receiving bind for `account`, by id hash over
+    /// the distinct such nodes in node order; `None` means the delivery waits.
+    fn pick_delivery_node(&self, account: &str, id: MessageId) -> Option<NodeId> {
+        let candidates = || {
+            let mut last: Option<NodeId> = None;
+            self.ix
+                .binds_by_account
+                .get(account)
+                .into_iter()
+                .flatten()
+                .filter(|key| self.core.binds.get(key).is_some_and(|b| b.kind.receives()))
+                .map(|(node, _)| *node)
+                .filter(|node| self.is_live(*node))
+                .filter(move |node| {
+                    // Keys are ordered by node, so duplicates are adjacent.
+                    let fresh = last != Some(*node);
+                    last = Some(*node);
+                    fresh
+                })
+        };
+        let count = candidates().count();
+        if count == 0 {
+            return None;
+        }
+        candidates().nth((id.stable_hash() % count as u64) as usize)
+    }
+}
+
+fn min_id() -> MessageId {
+    MessageId::from_parts(0, 0, 0, 0).unwrap_or_else(|| unreachable!("zero id fits"))
+}
+
+fn removed<T>(value: Option<T>) -> ApplyOutcome {
+    match value {
+        Some(_) => ApplyOutcome::Applied,
+        None => ApplyOutcome::NotFound,
+    }
+}
+
+fn remove_upstream_index(
+    by_upstream: &mut BTreeMap<String, BTreeMap<String, MessageId>>,
+    upstream: &Upstream,
+    id: MessageId,
+) {
+    if let Some(by_id) = by_upstream.get_mut(upstream.connector.as_str()) {
+        if by_id.get(upstream.upstream_id.as_str()) == Some(&id) {
+            by_id.remove(upstream.upstream_id.as_str());
+        }
+        if by_id.is_empty() {
+            by_upstream.remove(upstream.connector.as_str());
+        }
+    }
+}
+
+impl StateMachine for AppState {
+    type Output = ApplyOutcome;
+
+    fn apply(&mut self, index: u64, commands: &[&[u8]]) -> Vec<ApplyOutcome> {
+        if index <= self.core.applied_index {
+            // Replayed after a restore: the effects are already here.
+            return vec![ApplyOutcome::Ignored; commands.len()];
+        }
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for bytes in commands {
+            let outcome = match Command::decode(bytes) {
+                Ok(command) => self.apply_command(command),
+                Err(_) => {
+                    self.core.counters.undecodable += 1;
+                    ApplyOutcome::Undecodable
+                }
+            };
+            outcomes.push(outcome);
+        }
+        self.core.applied_index = index;
+        outcomes
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.core.applied_index
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_VERSION];
+        if let Err(e) = snapshot_codec().serialize_into(&mut out, &self.core) {
+            // In-memory plain data always serialises; this is an invariant.
+            panic!("state snapshot failed to serialise: {e}");
+        }
+        out
+    }
+
+    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), StoreError> {
+        let (&version, body) = snapshot
+            .split_first()
+            .ok_or_else(|| StoreError::Corrupt("empty state snapshot".into()))?;
+        if version != SNAPSHOT_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "unknown state snapshot version {version}"
+            )));
+        }
+        let core: Core = snapshot_codec()
+            .deserialize(body)
+            .map_err(|e| StoreError::Corrupt(format!("state snapshot: {e}")))?;
+        if core.applied_index != index {
+            return Err(StoreError::Corrupt(format!(
+                "state snapshot holds index {} but was offered as {index}",
+                core.applied_index
+            )));
+        }
+        self.ix = Indexes::build(&core);
+        self.core = core;
+        Ok(())
+    }
+}
