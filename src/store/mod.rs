@@ -11,6 +11,7 @@ pub mod wal;
 pub mod command;
 pub mod id;
 pub mod state;
+pub mod node;
 
 use std::fmt;
 
