@@ -4,6 +4,9 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench_store;
+pub mod store_node;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tern",
@@ -23,6 +26,39 @@ pub enum Command {
     /// Decode or encode SMPP PDUs: the first tool when troubleshooting an operator link.
     #[command(subcommand)]
     Pdu(PduCommand),
+    /// Load generators that measure this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Runs one store node driven over stdin/stdout (for integration tests).
+    #[command(hide = true)]
+    StoreNode(store_node::StoreNodeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Committed proposals per second and commit latency of the replicated store.
+    Store {
+        /// 1 (a single appliance) or 3 (three voters on loopback TCP in this process).
+        #[arg(long, default_value_t = 1)]
+        voters: u8,
+        /// Size of each proposed command in bytes.
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// Proposer threads.
+        #[arg(long, default_value_t = 4)]
+        proposers: usize,
+        /// Proposals each proposer keeps in flight.
+        #[arg(long, default_value_t = 4096)]
+        window: usize,
+        /// Where the nodes' data goes (a scratch directory inside it is removed afterwards).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Print one JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,5 +80,23 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("tern: pdu decode is not built yet");
             2
         }
+        Command::Bench(BenchCommand::Store {
+            voters,
+            payload_bytes,
+            duration_s,
+            proposers,
+            window,
+            data_dir,
+            json,
+        }) => bench_store::run(bench_store::BenchStoreArgs {
+            voters,
+            payload_bytes,
+            duration_s,
+            proposers,
+            window,
+            data_dir,
+            json,
+        }),
+        Command::StoreNode(args) => store_node::run(args),
     }
 }

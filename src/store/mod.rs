@@ -12,6 +12,7 @@ pub mod command;
 pub mod id;
 pub mod state;
 pub mod node;
+pub mod driver;
 
 use std::fmt;
 
