@@ -8,7 +8,7 @@
 //! Requests (one per line; `<tag>` is echoed so answers can be matched):
 //!   account <tag>                     propose the filler account
 //!   propose <tag> <worker> <seq> <n>  propose filler message (worker, seq) of n bytes
-//!   status <tag>                      -> status <tag> <leader> <term> <applied> <voters,> <learners,>
+//!   status <tag>                      -> status <tag> <leader> <term> <applied> <voters,> <learners,> <snapshots installed>
 //!   has <tag> <worker>:<seq> ...      -> has <tag> <missing-count>
 //!   digest <tag>                      -> digest <tag> <applied> <message-count> <crc32c of the state>
 //!   add-voter <tag> <id> <addr>       -> ok <tag> | err <tag> <reason>
@@ -54,6 +54,9 @@ pub struct StoreNodeArgs {
     /// Raft entries kept behind the applied index when compacting.
     #[arg(long, default_value_t = 1000)]
     pub compact_keep_entries: u64,
+    /// Compact only once that drops at least this many entries.
+    #[arg(long, default_value_t = 256)]
+    pub compact_min_entries: u64,
 }
 
 fn parse_peer(text: &str) -> Result<(u64, SocketAddr), String> {
@@ -65,6 +68,14 @@ fn parse_peer(text: &str) -> Result<(u64, SocketAddr), String> {
 
 /// Runs the node until stdin closes or says `exit`; returns the exit code.
 pub fn run(args: StoreNodeArgs) -> i32 {
+    // Logs go to stderr; stdout carries the line protocol only.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let secret = match hex::decode(&args.secret_hex) {
         Ok(secret) => secret,
         Err(e) => {
@@ -78,6 +89,7 @@ pub fn run(args: StoreNodeArgs) -> i32 {
     config.tick_interval_ms = args.tick_ms;
     config.snapshot_interval_log_bytes = args.snapshot_log_bytes;
     config.compact_keep_entries = args.compact_keep_entries;
+    config.compact_min_entries = args.compact_min_entries;
     let store = match Store::start(config) {
         Ok(store) => store,
         Err(e) => {
@@ -152,13 +164,22 @@ fn serve_line(
         "status" => {
             let status = handle.status_blocking().map_err(stopped)?;
             let join = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            // An empty list prints as "-" so the columns stay positional.
+            let list = |ids: &[u64]| {
+                if ids.is_empty() {
+                    "-".to_string()
+                } else {
+                    join(ids)
+                }
+            };
             println!(
-                "status {tag} {} {} {} {} {}",
+                "status {tag} {} {} {} {} {} {}",
                 status.leader_id,
                 status.term,
                 status.applied_index,
-                join(&status.voters),
-                join(&status.learners)
+                list(&status.voters),
+                list(&status.learners),
+                handle.metrics().snapshots_installed
             );
             Ok(())
         }

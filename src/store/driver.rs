@@ -66,6 +66,8 @@ pub struct StoreConfig {
     pub segment_size_bytes: u64,
     /// Raft entries kept behind the applied index when the log is compacted.
     pub compact_keep_entries: u64,
+    /// The log is compacted only once that drops at least this many entries.
+    pub compact_min_entries: u64,
 }
 
 impl StoreConfig {
@@ -85,6 +87,7 @@ impl StoreConfig {
             snapshot_interval_log_bytes: 256 * 1024 * 1024,
             segment_size_bytes: 64 * 1024 * 1024,
             compact_keep_entries: 1000,
+            compact_min_entries: 256,
         }
     }
 }
@@ -176,6 +179,8 @@ pub struct StoreMetrics {
     /// Proposals (commands) sealed into log entries on this node.
     pub proposals_synced: u64,
     pub state_snapshots_saved: u64,
+    /// Snapshots received from a leader and installed (catch-up by snapshot).
+    pub snapshots_installed: u64,
     pub transport_dropped: u64,
 }
 
@@ -190,6 +195,7 @@ struct SharedMetrics {
     log_entries_synced: AtomicU64,
     proposals_synced: AtomicU64,
     state_snapshots_saved: AtomicU64,
+    snapshots_installed: AtomicU64,
     transport_dropped: AtomicU64,
 }
 
@@ -206,6 +212,7 @@ impl SharedMetrics {
             log_entries_synced: get(&self.log_entries_synced),
             proposals_synced: get(&self.proposals_synced),
             state_snapshots_saved: get(&self.state_snapshots_saved),
+            snapshots_installed: get(&self.snapshots_installed),
             transport_dropped: get(&self.transport_dropped),
         }
     }
@@ -517,6 +524,7 @@ impl Driver {
         core_config.election_ticks = config.election_ticks;
         core_config.heartbeat_ticks = config.heartbeat_ticks;
         core_config.compact_keep_entries = config.compact_keep_entries;
+        core_config.compact_min_entries = config.compact_min_entries;
         let mut core = RaftCore::new(core_config, start, state)?;
         if let Some(saved) = &state_snapshot {
             core.set_durable_snapshot_index(saved.index.min(core.applied_index()));
@@ -681,6 +689,12 @@ impl Driver {
     fn execute(&mut self, actions: super::node::Actions<ApplyOutcome>) -> Result<(), StoreError> {
         self.send_messages(actions.messages);
         if let Some(metadata) = &actions.installed_snapshot {
+            tracing::info!(
+                node = self.node_id,
+                index = metadata.index,
+                term = metadata.term,
+                "installing a snapshot"
+            );
             // The state must be durable before the log forgets the entries it
             // replaces: a crash in between would otherwise lose both.
             let state = self.core.state_machine().snapshot();
@@ -725,6 +739,11 @@ impl Driver {
             let _ = waiter.send(result);
         }
         if let Some(compaction) = actions.compaction {
+            tracing::debug!(
+                node = self.node_id,
+                index = compaction.index,
+                "compacting the log"
+            );
             if compaction.index > self.log.snapshot_index() {
                 self.log
                     .set_snapshot(compaction.index, compaction.term, &compaction.conf_state)?;
@@ -779,6 +798,8 @@ impl Driver {
         m.log_entries_synced.store(log.entries, Ordering::Relaxed);
         m.proposals_synced
             .store(core.proposals_batched, Ordering::Relaxed);
+        m.snapshots_installed
+            .store(core.snapshots_installed, Ordering::Relaxed);
         let transport = self.transport.stats();
         m.transport_dropped.store(
             transport.dropped_queue_full
@@ -985,6 +1006,7 @@ impl SnapshotWriter {
     fn completed(&mut self) -> Option<u64> {
         match self.done.try_recv() {
             Ok(Ok(index)) => {
+                tracing::debug!(index, "state snapshot durable");
                 self.in_flight = false;
                 Some(index)
             }
@@ -1152,9 +1174,11 @@ mod tests {
         let dir = temp_dir("snapshots");
         let snapshots = StateSnapshots::open(dir.clone()).unwrap();
         assert!(snapshots.load_latest().unwrap().is_none());
-        let mut metadata = SnapshotMetadata::default();
-        metadata.index = 10;
-        metadata.term = 2;
+        let mut metadata = SnapshotMetadata {
+            index: 10,
+            term: 2,
+            ..Default::default()
+        };
         metadata.mut_conf_state().voters = vec![1, 2, 3];
         snapshots.save(&metadata, b"state at ten").unwrap();
         metadata.index = 20;

@@ -919,6 +919,7 @@ fn writer_loop(
 ) {
     let node_id = shared.node_id;
     let mut failures: u32 = 0;
+    let mut ever_connected = false;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
         if shared.shutdown.load(Ordering::Relaxed) {
@@ -932,9 +933,16 @@ fn writer_loop(
                 if matches!(e, HandshakeError::Refused(_) | HandshakeError::Rejected(..)) {
                     Counters::bump(&shared.counters.handshakes_rejected);
                 }
-                // First failure and then every 20th: an outage does not flood the log.
-                if failures == 1 || failures % 20 == 0 {
+                // A refusal names a misconfiguration: warn at once.
+                // Otherwise the first failure after a loss and then every
+                // 20th: an outage does not flood the log, and peers that are
+                // simply not started yet stay quiet.
+                let refused =
+                    matches!(e, HandshakeError::Refused(_) | HandshakeError::Rejected(..));
+                if (failures == 1 && (ever_connected || refused)) || failures % 20 == 0 {
                     tracing::warn!(node = node_id, peer = peer_id, %addr, ?lane, failures, "cannot connect to peer: {e}");
+                } else {
+                    tracing::debug!(node = node_id, peer = peer_id, %addr, ?lane, failures, "cannot connect to peer: {e}");
                 }
                 if !wait_disconnected(&shared, &rx, backoff_delay(&shared.config, failures)) {
                     return;
@@ -951,6 +959,7 @@ fn writer_loop(
             );
         }
         Counters::bump(&shared.counters.connects);
+        ever_connected = true;
         match pump(&shared, &mut stream, &mut mac, &rx, &mut buf) {
             PumpEnd::Exit => {
                 let _ = stream.shutdown(Shutdown::Both);
