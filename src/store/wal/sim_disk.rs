@@ -64,17 +64,20 @@ pub enum PowerCutEffect {
 
 /// A small, fixed PRNG (splitmix64) so that a seed means the same cut in every
 /// build, independent of any crate's generator.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn new(seed: u64) -> SplitMix {
+        SplitMix(seed)
+    }
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, bound: u64) -> u64 {
+    pub(crate) fn below(&mut self, bound: u64) -> u64 {
         if bound == 0 {
             0
         } else {
@@ -105,7 +108,7 @@ impl SimDisk {
     /// A log open on this disk must be dropped and reopened afterwards, as a
     /// node restarting after the cut would.
     pub fn power_cut(&self, seed: u64) -> PowerCutEffect {
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix::new(seed);
         let mut state = self.lock();
         state.power_cuts += 1;
         let last_written = state.last_written.take();
