@@ -10,6 +10,8 @@ pub mod transport;
 pub mod wal;
 pub mod command;
 pub mod id;
+pub mod kv;
+pub mod snapshot;
 pub mod state;
 pub mod node;
 pub mod driver;

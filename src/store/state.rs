@@ -234,7 +234,7 @@ struct Core {
 }
 
 /// Derived from `Core`; rebuilt by `Indexes::build`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Indexes {
     /// connector → upstream id → message.
     by_upstream: BTreeMap<String, BTreeMap<String, MessageId>>,
@@ -528,6 +528,12 @@ impl AppState {
         self.ix.orphan_order.len()
     }
 
+    /// Whether the derived indexes equal a rebuild from the primary data.
+    /// O(state size): for tests and the simulator's invariant checks.
+    pub fn indexes_consistent(&self) -> bool {
+        Indexes::build(&self.core) == self.ix
+    }
+
     pub fn has_orphan(&self, connector: &str, upstream_id: &str) -> bool {
         self.core
             .orphans
@@ -676,7 +682,6 @@ impl AppState {
             upstream_id: upstream_id.clone(),
             submitted_at_ms: at_ms,
         });
-        // An operator reusing an id: the newest submission owns it.
         let orphan = self
             .core
             .orphans
@@ -690,11 +695,21 @@ impl AppState {
         {
             self.core.orphans.remove(&connector);
         }
-        self.ix
+        let previous = self
+            .ix
             .by_upstream
             .entry(connector.clone())
             .or_default()
             .insert(upstream_id.clone(), id);
+        // An operator reusing an id: the newest submission owns it, and the
+        // older message forgets it, so the index stays derivable from records.
+        if let Some(previous) = previous.filter(|p| *p != id) {
+            if let Some(older) = self.core.messages.get_mut(&previous) {
+                older
+                    .upstreams
+                    .retain(|u| !(u.connector == connector && u.upstream_id == upstream_id));
+            }
+        }
         if let Some(orphan) = orphan {
             self.ix
                 .orphan_order
@@ -754,9 +769,15 @@ impl AppState {
             .orphans
             .entry(receipt.connector.clone())
             .or_default();
-        if by_id.contains_key(receipt.upstream_id.as_str()) {
-            // The same receipt twice (the operator resent it): keep the first.
-            self.core.counters.duplicates += 1;
+        if let Some(existing) = by_id.get_mut(receipt.upstream_id.as_str()) {
+            // A final receipt supersedes an intermediate one; otherwise the
+            // operator resent it and the first one stands.
+            let existing_final = MessageState::from_receipt_code(existing.receipt.state).is_final();
+            if !existing_final && MessageState::from_receipt_code(receipt.state).is_final() {
+                existing.receipt = receipt;
+            } else {
+                self.core.counters.duplicates += 1;
+            }
             return ApplyOutcome::Orphaned;
         }
         let seq = self.core.next_orphan_seq;
@@ -1298,5 +1319,766 @@ impl StateMachine for AppState {
         self.ix = Indexes::build(&core);
         self.core = core;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::command::tests::sample_accept;
+    use crate::store::command::Address;
+    use proptest::prelude::*;
+
+    fn account(name: &str) -> Account {
+        Account {
+            name: name.into(),
+            password_hash: "$argon2id$v=19$x".into(),
+            max_binds: 0,
+            throughput_per_s: 0,
+            allowed_ips: vec![],
+            allowed_senders: vec![],
+            retention_s: 0,
+            enabled: true,
+        }
+    }
+
+    fn id(counter: u64) -> MessageId {
+        MessageId::from_parts(1, 1, 0, counter).unwrap()
+    }
+
+    fn accept(counter: u64, owner: NodeId, registered_delivery: u8) -> Command {
+        let mut a = sample_accept();
+        a.id = id(counter);
+        a.owner_node = owner;
+        a.registered_delivery = registered_delivery;
+        a.received_at_ms = 1_000 + counter;
+        a.validity_until_ms = Some(10_000);
+        Command::Accept(a)
+    }
+
+    fn submitted(counter: u64, upstream: &str) -> Command {
+        Command::Submitted {
+            id: id(counter),
+            connector: "op1".into(),
+            upstream_id: upstream.into(),
+            at_ms: 2_000,
+        }
+    }
+
+    fn receipt(upstream: &str, state: u8) -> Command {
+        Command::Receipt(Receipt {
+            connector: "op1".into(),
+            upstream_id: upstream.into(),
+            state,
+            err: 0,
+            done_at_ms: 3_000,
+            raw: Some(b"id:x stat:DELIVRD".to_vec()),
+        })
+    }
+
+    fn bind(node: NodeId, session: u64, kind: BindKind) -> Command {
+        Command::BindOpened {
+            node,
+            session,
+            account: "acme".into(),
+            kind,
+        }
+    }
+
+    /// Applies each command as its own log entry, like a driver would.
+    fn run(state: &mut AppState, commands: &[Command]) -> Vec<ApplyOutcome> {
+        let mut outcomes = Vec::new();
+        for command in commands {
+            let bytes = command.encode();
+            let index = state.applied_index() + 1;
+            outcomes.extend(state.apply(index, &[bytes.as_slice()]));
+            assert!(
+                state.indexes_consistent(),
+                "indexes drifted after {command:?}"
+            );
+        }
+        outcomes
+    }
+
+    fn with_account() -> AppState {
+        let mut state = AppState::new();
+        run(&mut state, &[Command::UpsertAccount(account("acme"))]);
+        state
+    }
+
+    #[test]
+    fn full_lifecycle() {
+        let mut state = with_account();
+        let out = run(
+            &mut state,
+            &[bind(1, 10, BindKind::Transceiver), accept(1, 2, 1)],
+        );
+        assert_eq!(
+            out,
+            vec![ApplyOutcome::Applied, ApplyOutcome::Accepted(id(1))]
+        );
+        let owned: Vec<_> = state.owned_unsubmitted(2).map(|m| m.id()).collect();
+        assert_eq!(owned, vec![id(1)]);
+
+        run(&mut state, &[submitted(1, "U1")]);
+        assert_eq!(state.owned_unsubmitted(2).count(), 0);
+        assert_eq!(state.by_upstream("op1", "U1").map(|m| m.id()), Some(id(1)));
+        assert_eq!(
+            state.message(&id(1)).unwrap().state,
+            MessageState::Submitted
+        );
+
+        run(&mut state, &[receipt("U1", 1)]);
+        assert_eq!(state.message(&id(1)).unwrap().state, MessageState::EnRoute);
+        assert_eq!(state.pending_for_account("acme").count(), 0);
+
+        run(&mut state, &[receipt("U1", 2)]);
+        let message = state.message(&id(1)).unwrap();
+        assert_eq!(message.state, MessageState::Delivered);
+        assert_eq!(message.done_at_ms, Some(3_000));
+        let pending: Vec<_> = state.pending_for_account("acme").collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].1.kind, DeliveryKind::Dlr);
+        assert_eq!(pending[0].1.target, Some(1));
+        assert_eq!(state.deliveries_for_node(1).count(), 1);
+
+        let out = run(
+            &mut state,
+            &[
+                Command::DlrDelivered { id: id(1) },
+                Command::DlrDelivered { id: id(1) },
+            ],
+        );
+        assert_eq!(out, vec![ApplyOutcome::Applied, ApplyOutcome::Ignored]);
+        assert_eq!(state.pending_for_account("acme").count(), 0);
+        assert_eq!(state.deliveries_for_node(1).count(), 0);
+
+        // A receipt for a finished message changes nothing and is counted.
+        assert_eq!(
+            run(&mut state, &[receipt("U1", 5)]),
+            vec![ApplyOutcome::Ignored]
+        );
+        assert_eq!(state.counters().receipts_ignored, 1);
+        assert_eq!(
+            state.message(&id(1)).unwrap().state,
+            MessageState::Delivered
+        );
+    }
+
+    #[test]
+    fn receipt_before_submitted_is_matched_later() {
+        let mut state = with_account();
+        let out = run(
+            &mut state,
+            &[receipt("U7", 1), receipt("U7", 5), receipt("U7", 2)],
+        );
+        assert_eq!(out, vec![ApplyOutcome::Orphaned; 3]);
+        assert!(state.has_orphan("op1", "U7"));
+        run(&mut state, &[accept(7, 1, 1), submitted(7, "U7")]);
+        assert!(!state.has_orphan("op1", "U7"));
+        let message = state.message(&id(7)).unwrap();
+        // The final receipt replaced the intermediate one; the later final one lost.
+        assert_eq!(message.state, MessageState::Undeliverable);
+        assert_eq!(state.counters().orphans_matched, 1);
+        // No receiving bind: the DLR waits.
+        assert_eq!(state.pending_delivery(&id(7)).unwrap().target, None);
+        run(&mut state, &[bind(3, 1, BindKind::Receiver)]);
+        assert_eq!(state.pending_delivery(&id(7)).unwrap().target, Some(3));
+        run(
+            &mut state,
+            &[Command::BindClosed {
+                node: 3,
+                session: 1,
+            }],
+        );
+        assert_eq!(state.pending_delivery(&id(7)).unwrap().target, None);
+    }
+
+    #[test]
+    fn retries_are_idempotent() {
+        let mut state = with_account();
+        let out = run(
+            &mut state,
+            &[
+                accept(1, 1, 0),
+                accept(1, 1, 0),
+                submitted(1, "A"),
+                submitted(1, "A"),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                ApplyOutcome::Accepted(id(1)),
+                ApplyOutcome::Duplicate(id(1)),
+                ApplyOutcome::Applied,
+                ApplyOutcome::Duplicate(id(1)),
+            ]
+        );
+        assert_eq!(state.counters().duplicates, 2);
+        // The same log entry applied twice (replay after restore) is a no-op.
+        let before = state.snapshot();
+        let bytes = accept(2, 1, 0).encode();
+        let index = state.applied_index();
+        assert_eq!(
+            state.apply(index, &[bytes.as_slice()]),
+            vec![ApplyOutcome::Ignored]
+        );
+        assert_eq!(state.snapshot(), before);
+    }
+
+    #[test]
+    fn rejections_and_undecodable_bytes() {
+        let mut state = AppState::new();
+        assert_eq!(
+            run(&mut state, &[accept(1, 1, 0)]),
+            vec![ApplyOutcome::Rejected(RejectReason::UnknownAccount)]
+        );
+        let mut limited = account("acme");
+        limited.max_binds = 1;
+        let out = run(
+            &mut state,
+            &[
+                Command::UpsertAccount(limited),
+                bind(1, 1, BindKind::Transmitter),
+                bind(2, 1, BindKind::Transmitter),
+                Command::NodeUp {
+                    node: 4,
+                    incarnation: 2,
+                },
+                Command::NodeUp {
+                    node: 4,
+                    incarnation: 2,
+                },
+                Command::Expire {
+                    id: id(9),
+                    at_ms: 1,
+                },
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                ApplyOutcome::Applied,
+                ApplyOutcome::Applied,
+                ApplyOutcome::Rejected(RejectReason::TooManyBinds),
+                ApplyOutcome::Applied,
+                ApplyOutcome::Rejected(RejectReason::StaleIncarnation),
+                ApplyOutcome::NotFound,
+            ]
+        );
+        assert_eq!(state.next_incarnation(4), 3);
+        assert_eq!(state.next_incarnation(5), 1);
+        let index = state.applied_index() + 1;
+        let garbage: &[u8] = &[1, 0xFF, 0xFF];
+        assert_eq!(
+            state.apply(index, &[garbage, &[]]),
+            vec![ApplyOutcome::Undecodable, ApplyOutcome::Undecodable]
+        );
+        assert_eq!(state.applied_index(), index);
+        assert_eq!(state.counters().undecodable, 2);
+    }
+
+    #[test]
+    fn submit_failure_and_expiry() {
+        let mut state = with_account();
+        run(
+            &mut state,
+            &[accept(1, 1, 2), accept(2, 1, 2), accept(3, 1, 1)],
+        );
+        let out = run(
+            &mut state,
+            &[
+                Command::SubmitFailed {
+                    id: id(1),
+                    status: 0x58,
+                    permanent: false,
+                    at_ms: 1_500,
+                    retry_at_ms: Some(1_600),
+                },
+                Command::SubmitFailed {
+                    id: id(2),
+                    status: 0x0B,
+                    permanent: true,
+                    at_ms: 1_500,
+                    retry_at_ms: None,
+                },
+                Command::Expire {
+                    id: id(3),
+                    at_ms: 9_999,
+                },
+                Command::Expire {
+                    id: id(3),
+                    at_ms: 10_000,
+                },
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                ApplyOutcome::Applied,
+                ApplyOutcome::Applied,
+                ApplyOutcome::Rejected(RejectReason::NotExpired),
+                ApplyOutcome::Applied,
+            ]
+        );
+        let retrying = state.message(&id(1)).unwrap();
+        assert_eq!(
+            (retrying.state, retrying.retry_at_ms, retrying.attempts),
+            (MessageState::Accepted, Some(1_600), 1)
+        );
+        assert_eq!(state.message(&id(2)).unwrap().state, MessageState::Failed);
+        assert_eq!(state.message(&id(3)).unwrap().state, MessageState::Expired);
+        let owned: Vec<_> = state.owned_unsubmitted(1).map(|m| m.id()).collect();
+        assert_eq!(owned, vec![id(1)]);
+        // registered_delivery 2 = failures only; 1 = any final state.
+        assert!(state.pending_delivery(&id(2)).is_some());
+        assert!(state.pending_delivery(&id(3)).is_some());
+        run(&mut state, &[submitted(1, "B"), receipt("B", 2)]);
+        assert!(state.pending_delivery(&id(1)).is_none());
+    }
+
+    #[test]
+    fn node_down_hands_work_over_deterministically() {
+        let mut state = with_account();
+        let mut commands = vec![
+            Command::NodeUp {
+                node: 1,
+                incarnation: 1,
+            },
+            Command::NodeUp {
+                node: 2,
+                incarnation: 1,
+            },
+            Command::NodeUp {
+                node: 3,
+                incarnation: 1,
+            },
+            bind(2, 1, BindKind::Receiver),
+            bind(3, 1, BindKind::Transceiver),
+        ];
+        for n in 0..200 {
+            commands.push(accept(n, 2, 1));
+        }
+        // Ten delivered messages produce DLRs spread over nodes 2 and 3.
+        for n in 0..10 {
+            commands.push(submitted(n, &format!("U{n}")));
+            commands.push(receipt(&format!("U{n}"), 2));
+        }
+        run(&mut state, &commands);
+        assert_eq!(
+            state.deliveries_for_node(2).count() + state.deliveries_for_node(3).count(),
+            10
+        );
+        assert!(
+            state.deliveries_for_node(2).count() > 0,
+            "hash pick spreads deliveries"
+        );
+
+        let mut twin = with_account();
+        run(&mut twin, &commands);
+        run(&mut state, &[Command::NodeDown { node: 2 }]);
+        run(&mut twin, &[Command::NodeDown { node: 2 }]);
+        assert_eq!(state.snapshot(), twin.snapshot());
+
+        assert_eq!(state.owned_unsubmitted(2).count(), 0);
+        let to_1 = state.owned_unsubmitted(1).count();
+        let to_3 = state.owned_unsubmitted(3).count();
+        assert_eq!(to_1 + to_3, 190);
+        assert!(
+            to_1 > 50 && to_3 > 50,
+            "hand-over is spread: {to_1} / {to_3}"
+        );
+        assert_eq!(state.counters().handed_over, 190);
+        assert_eq!(state.deliveries_for_node(3).count(), 10);
+        assert_eq!(state.binds_for_account("acme").count(), 1);
+        // A down node cannot open binds; an accept it proposed before dying
+        // goes straight to a live node.
+        assert_eq!(
+            run(
+                &mut state,
+                &[bind(2, 2, BindKind::Receiver), accept(500, 2, 0)]
+            ),
+            vec![
+                ApplyOutcome::Rejected(RejectReason::NodeDown),
+                ApplyOutcome::Accepted(id(500))
+            ]
+        );
+        assert_ne!(state.message(&id(500)).unwrap().owner, 2);
+
+        // Node 3's DLRs wait once it is down too; its restart clears stale binds.
+        run(&mut state, &[Command::NodeDown { node: 3 }]);
+        assert_eq!(state.deliveries_for_node(3).count(), 0);
+        assert_eq!(state.owned_unsubmitted(1).count(), 191);
+        assert!(state
+            .pending_for_account("acme")
+            .all(|(_, p)| p.target.is_none()));
+        run(
+            &mut state,
+            &[
+                Command::NodeUp {
+                    node: 2,
+                    incarnation: 2,
+                },
+                bind(2, 9, BindKind::Receiver),
+            ],
+        );
+        assert_eq!(state.deliveries_for_node(2).count(), 10);
+    }
+
+    #[test]
+    fn restart_without_node_down_drops_stale_binds() {
+        let mut state = with_account();
+        run(
+            &mut state,
+            &[
+                Command::NodeUp {
+                    node: 1,
+                    incarnation: 1,
+                },
+                bind(1, 1, BindKind::Receiver),
+                accept(1, 1, 1),
+                submitted(1, "X"),
+                receipt("X", 2),
+            ],
+        );
+        assert_eq!(state.pending_delivery(&id(1)).unwrap().target, Some(1));
+        run(
+            &mut state,
+            &[Command::NodeUp {
+                node: 1,
+                incarnation: 2,
+            }],
+        );
+        assert_eq!(state.bind_count(), 0);
+        assert_eq!(state.pending_delivery(&id(1)).unwrap().target, None);
+    }
+
+    #[test]
+    fn mo_routing_and_delivery() {
+        let mut state = with_account();
+        let mo = |counter: u64, digits: &str| {
+            Command::MoReceived(MoReceived {
+                id: id(counter),
+                connector: "op1".into(),
+                source: Address {
+                    ton: 1,
+                    npi: 1,
+                    digits: "447700900001".into(),
+                },
+                destination: Address {
+                    ton: 0,
+                    npi: 0,
+                    digits: digits.into(),
+                },
+                data_coding: 0,
+                esm_class: 0,
+                payload: b"STOP".to_vec(),
+                segment: None,
+                received_at_ms: 5_000,
+            })
+        };
+        let out = run(
+            &mut state,
+            &[
+                Command::UpsertNumberRange(NumberRange {
+                    name: "short".into(),
+                    prefix: "8".into(),
+                    account: "other".into(),
+                }),
+                Command::UpsertNumberRange(NumberRange {
+                    name: "acme-keyword".into(),
+                    prefix: "8822".into(),
+                    account: "acme".into(),
+                }),
+                bind(1, 1, BindKind::Receiver),
+                mo(1, "88221"),
+                mo(1, "88221"),
+                mo(2, "99"),
+                Command::MoDelivered { id: id(1) },
+            ],
+        );
+        assert_eq!(
+            out[3..],
+            [
+                ApplyOutcome::Accepted(id(1)),
+                ApplyOutcome::Duplicate(id(1)),
+                ApplyOutcome::Rejected(RejectReason::NoNumberRange),
+                ApplyOutcome::Applied,
+            ]
+        );
+        let record = state.mo(&id(1)).unwrap();
+        assert_eq!((record.account.as_str(), record.delivered), ("acme", true));
+        assert_eq!(
+            state.number_range_for("8899").map(|r| r.account.as_str()),
+            Some("other")
+        );
+    }
+
+    #[test]
+    fn route_choice() {
+        let mut state = with_account();
+        let route = |name: &str, account: Option<&str>, prefix: &str, priority: u32| {
+            Command::UpsertRoute(Route {
+                name: name.into(),
+                account: account.map(str::to_string),
+                destination_prefix: prefix.into(),
+                priority,
+                connectors: vec![format!("{name}-c")],
+            })
+        };
+        run(
+            &mut state,
+            &[
+                route("default", None, "", 0),
+                route("uk", None, "44", 5),
+                route("uk-cheap", None, "44", 1),
+                route("acme-uk", Some("acme"), "44", 9),
+                route("uk-mobile", None, "447", 0),
+            ],
+        );
+        let pick = |account: &str, dst: &str| state.route_for(account, dst).map(|r| r.name.clone());
+        assert_eq!(pick("acme", "4477").as_deref(), Some("uk-mobile"));
+        assert_eq!(pick("acme", "4420").as_deref(), Some("acme-uk"));
+        assert_eq!(pick("zeta", "4420").as_deref(), Some("uk-cheap"));
+        assert_eq!(pick("zeta", "33").as_deref(), Some("default"));
+        run(
+            &mut state,
+            &[Command::RemoveRoute {
+                name: "default".into(),
+            }],
+        );
+        assert!(state.route_for("zeta", "33").is_none());
+    }
+
+    #[test]
+    fn purge_drops_only_old_finished_records() {
+        let mut state = with_account();
+        run(
+            &mut state,
+            &[
+                accept(1, 1, 1),
+                accept(2, 1, 1),
+                accept(3, 1, 1),
+                submitted(1, "P1"),
+                receipt("P1", 2),
+                submitted(3, "P3"),
+                receipt("P3", 2),
+                Command::Receipt(Receipt {
+                    connector: "op9".into(),
+                    upstream_id: "lost".into(),
+                    state: 2,
+                    err: 0,
+                    done_at_ms: 10,
+                    raw: None,
+                }),
+            ],
+        );
+        // Message 1 (received 1001) is final with a pending DLR; 2 is not
+        // final; 3 (received 1003) is after the cut-off.
+        run(
+            &mut state,
+            &[Command::Purge {
+                before_ms: 1_003,
+                account: None,
+            }],
+        );
+        assert!(state.message(&id(1)).is_none());
+        assert!(state.by_upstream("op1", "P1").is_none());
+        assert!(state.pending_delivery(&id(1)).is_none());
+        assert!(state.message(&id(2)).is_some());
+        assert!(state.message(&id(3)).is_some());
+        assert_eq!(state.orphan_count(), 0);
+        let counters = state.counters();
+        assert_eq!(
+            (counters.purged_messages, counters.purged_deliveries),
+            (1, 1)
+        );
+        // A receipt for the purged message is now an orphan, not a crash.
+        assert_eq!(
+            run(&mut state, &[receipt("P1", 2)]),
+            vec![ApplyOutcome::Orphaned]
+        );
+        let finished: Vec<_> = state.finished_before(u64::MAX).map(|m| m.id()).collect();
+        assert_eq!(finished, vec![id(3)]);
+    }
+
+    #[test]
+    fn orphans_are_bounded() {
+        let mut state = AppState::new();
+        let commands: Vec<Vec<u8>> = (0..MAX_ORPHAN_RECEIPTS + 5)
+            .map(|n| receipt(&format!("O{n}"), 2).encode())
+            .collect();
+        let slices: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
+        state.apply(1, &slices);
+        assert_eq!(state.orphan_count(), MAX_ORPHAN_RECEIPTS);
+        assert_eq!(state.counters().orphans_evicted, 5);
+        assert!(!state.has_orphan("op1", "O0"));
+        assert!(state.has_orphan("op1", &format!("O{}", MAX_ORPHAN_RECEIPTS + 4)));
+        assert!(state.indexes_consistent());
+    }
+
+    #[test]
+    fn restore_rejects_bad_snapshots() {
+        let mut state = with_account();
+        let snapshot = state.snapshot();
+        let mut other = AppState::new();
+        assert!(other.restore(1, &[]).is_err());
+        assert!(other.restore(1, &[9]).is_err());
+        assert!(other.restore(2, &snapshot).is_err(), "index mismatch");
+        assert!(other.restore(1, &snapshot[..snapshot.len() - 1]).is_err());
+        other.restore(1, &snapshot).unwrap();
+        assert_eq!(other.snapshot(), snapshot);
+        state = other;
+        assert!(state.account("acme").is_some());
+    }
+
+    /// A small universe so random commands collide often (same ids, same
+    /// upstream ids, same sessions) and exercise the interesting paths.
+    fn arb_command() -> impl Strategy<Value = Command> {
+        let counter = 0u64..12;
+        let node = 1u64..4;
+        let upstream = (0u8..8).prop_map(|n| format!("u{n}"));
+        prop_oneof![
+            4 => (counter.clone(), node.clone(), 0u8..3).prop_map(|(c, n, r)| accept(c, n, r)),
+            3 => (counter.clone(), upstream.clone()).prop_map(|(c, u)| submitted(c, &u)),
+            3 => (upstream, 1u8..9).prop_map(|(u, s)| receipt(&u, s)),
+            1 => (counter.clone(), any::<bool>()).prop_map(|(c, permanent)| Command::SubmitFailed {
+                id: id(c),
+                status: 8,
+                permanent,
+                at_ms: 1_500,
+                retry_at_ms: Some(1_700),
+            }),
+            2 => counter.clone().prop_map(|c| Command::DlrDelivered { id: id(c) }),
+            1 => (counter.clone(), 9_000u64..11_000).prop_map(|(c, at_ms)| Command::Expire { id: id(c), at_ms }),
+            2 => (node.clone(), 0u64..3, 0u8..3).prop_map(|(n, s, k)| bind(n, s, [BindKind::Transmitter, BindKind::Receiver, BindKind::Transceiver][usize::from(k)])),
+            1 => (node.clone(), 0u64..3).prop_map(|(node, session)| Command::BindClosed { node, session }),
+            1 => (node.clone(), 1u32..4).prop_map(|(node, incarnation)| Command::NodeUp { node, incarnation }),
+            1 => node.prop_map(|node| Command::NodeDown { node }),
+            1 => (900u64..1_020).prop_map(|before_ms| Command::Purge { before_ms, account: None }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn replicas_agree_and_snapshots_restore(
+            commands in proptest::collection::vec(arb_command(), 1..120),
+            split in 0usize..120,
+        ) {
+            let mut first = with_account();
+            let mut second = with_account();
+            let first_out = run(&mut first, &commands);
+            // The second replica sees the same commands grouped into fewer
+            // entries (the batching differs between leaders, the log does not).
+            let encoded: Vec<Vec<u8>> = commands.iter().map(Command::encode).collect();
+            let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            let split = split.min(slices.len());
+            let mut second_out = second.apply(2, &slices[..split]);
+            second_out.extend(second.apply(first.applied_index(), &slices[split..]));
+            prop_assert_eq!(&first_out, &second_out);
+            prop_assert!(second.indexes_consistent());
+            prop_assert_eq!(first.snapshot(), second.snapshot());
+
+            let mut restored = AppState::new();
+            restored.restore(first.applied_index(), &first.snapshot()).unwrap();
+            prop_assert_eq!(restored.snapshot(), first.snapshot());
+            prop_assert!(restored.indexes_consistent());
+            prop_assert!(Indexes::build(&restored.core) == first.ix);
+        }
+    }
+}
+
+#[cfg(test)]
+mod snapshot_fixture {
+    use super::*;
+    use crate::store::command::tests::sample_accept;
+
+    /// The state the committed fixture was taken from.
+    fn fixture_state() -> AppState {
+        let mut state = AppState::new();
+        let accept = sample_accept();
+        let commands = [
+            Command::UpsertAccount(Account {
+                name: "acme".into(),
+                password_hash: "h".into(),
+                max_binds: 4,
+                throughput_per_s: 100,
+                allowed_ips: vec!["10.0.0.0/8".into()],
+                allowed_senders: vec![],
+                retention_s: 86_400,
+                enabled: true,
+            }),
+            Command::NodeUp {
+                node: 2,
+                incarnation: 1,
+            },
+            Command::BindOpened {
+                node: 2,
+                session: 5,
+                account: "acme".into(),
+                kind: BindKind::Receiver,
+            },
+            Command::Accept(accept.clone()),
+            Command::Submitted {
+                id: accept.id,
+                connector: "op1".into(),
+                upstream_id: "AB12".into(),
+                at_ms: 7,
+            },
+            Command::Receipt(Receipt {
+                connector: "op1".into(),
+                upstream_id: "AB12".into(),
+                state: 2,
+                err: 0,
+                done_at_ms: 9,
+                raw: None,
+            }),
+            Command::Receipt(Receipt {
+                connector: "op1".into(),
+                upstream_id: "EARLY".into(),
+                state: 5,
+                err: 1,
+                done_at_ms: 9,
+                raw: None,
+            }),
+        ];
+        let encoded: Vec<Vec<u8>> = commands.iter().map(Command::encode).collect();
+        let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        state.apply(42, &slices);
+        state
+    }
+
+    /// A version-1 snapshot as first committed: a newer binary must restore
+    /// it (nodes restart from snapshots written by older binaries).
+    const V1_SNAPSHOT_HEX: &str =
+        "012a0100000000100020300000000004000000001000203000000000040461636d6505000441434d\
+         4501010c34343737303039303031323300000000010568656c6c6f01090201fd008ae2ba9a010000\
+         01fd00e608c09a01000002020301000001036f703104414231320701090000000100000000100020\
+         3000000000040461636d6500010201036f703101054541524c59036f7031054541524c5905010900\
+         00010102050461636d650101020101010461636d650461636d6501680464010a31302e302e302e30\
+         2f3800fc8051010001000000000001000000000000";
+
+    #[test]
+    fn committed_v1_snapshot_still_restores() {
+        let bytes = hex::decode(V1_SNAPSHOT_HEX).expect("fixture is valid hex");
+        let mut restored = AppState::new();
+        restored.restore(42, &bytes).unwrap();
+        assert!(restored.indexes_consistent());
+        let id = sample_accept().id;
+        assert_eq!(
+            restored.by_upstream("op1", "AB12").map(|m| m.state),
+            Some(MessageState::Delivered)
+        );
+        assert_eq!(
+            restored.pending_delivery(&id).and_then(|p| p.target),
+            Some(2)
+        );
+        assert!(restored.has_orphan("op1", "EARLY"));
+        assert_eq!(restored.account("acme").map(|a| a.max_binds), Some(4));
+        // While the format is still version 1 the bytes are reproduced exactly.
+        assert_eq!(fixture_state().snapshot(), bytes);
     }
 }
