@@ -6,15 +6,16 @@
 //! them (production and simulated). Must not touch: SMPP or HTTP sessions; they
 //! reach the store only by proposing commands and reading applied state.
 
-pub mod transport;
-pub mod wal;
 pub mod command;
+pub mod driver;
 pub mod id;
 pub mod kv;
+pub mod node;
+pub mod sim;
 pub mod snapshot;
 pub mod state;
-pub mod node;
-pub mod driver;
+pub mod transport;
+pub mod wal;
 
 use std::fmt;
 

@@ -32,6 +32,7 @@ use raft::eraftpb::{
 };
 use raft::{GetEntriesContext, RaftState, RawNode, SnapshotStatus, StateRole, Storage};
 
+use super::wal::Recovered;
 use super::{StateMachine, StoreError};
 
 /// Version byte that opens every batch envelope; a newer binary keeps reading
@@ -119,6 +120,27 @@ pub struct LogStart {
 }
 
 impl LogStart {
+    /// What `RaftLog::open` recovered, plus the metadata saved with the
+    /// durable state snapshot (if any).
+    pub fn from_recovered(recovered: Recovered, state_snapshot: Option<SnapshotMetadata>) -> Self {
+        LogStart {
+            hard_state: recovered.hard_state,
+            conf_state: recovered.conf_state,
+            snapshot_index: recovered.snapshot_index,
+            snapshot_term: recovered.snapshot_term,
+            entries: recovered.entries,
+            state_snapshot,
+        }
+    }
+
+    /// True when nothing was ever recorded (a node's very first start).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.snapshot_index == 0
+            && self.hard_state == HardState::default()
+            && self.conf_state == ConfState::default()
+    }
+
     /// A brand-new node of a new cluster whose initial voters are `voters`.
     /// A node that joins an existing cluster starts from an empty `LogStart`
     /// instead and learns its configuration from the leader.
@@ -820,11 +842,13 @@ impl<SM: StateMachine> RaftCore<SM> {
             let mut rd = self.raw.ready();
             actions.number = rd.number();
             actions.messages = rd.take_messages();
-            if !rd.snapshot().is_empty() {
+            let installed = if rd.snapshot().is_empty() {
+                None
+            } else {
                 let snapshot = rd.snapshot().clone();
                 self.install_snapshot(&snapshot)?;
-                actions.installed_snapshot = Some(snapshot.get_metadata().clone());
-            }
+                Some(snapshot.get_metadata().clone())
+            };
             let entries = rd.take_entries();
             self.raw.mut_store().append(&entries);
             actions.entries = entries;
@@ -836,11 +860,22 @@ impl<SM: StateMachine> RaftCore<SM> {
             actions.persisted_messages = rd.take_persisted_messages();
             let committed = rd.take_committed_entries();
             self.raw.advance_append_async(rd);
-            let before = self.applied_index;
+            if let Some(meta) = &installed {
+                // raft-rs reads the log from its applied index on (e.g. when
+                // campaigning), and the installed snapshot replaced everything
+                // up to its index: raft's applied index must move to it now,
+                // which raft only allows once the snapshot counts as persisted.
+                // Marking it so early is safe: the state machine already holds
+                // it, nothing this node says about it leaves before the
+                // driver's sync (those are persisted messages), and every
+                // earlier unsynced ready is superseded by the snapshot.
+                self.raw.on_persist_ready(actions.number);
+                actions.installed_snapshot = Some(meta.clone());
+            }
             for entry in &committed {
                 self.apply_entry(entry);
             }
-            if self.applied_index > before {
+            if self.applied_index > self.raw.raft.raft_log.applied {
                 self.raw.advance_apply_to(self.applied_index);
             }
         }
