@@ -15,12 +15,12 @@
 //! drains all of them into one raft entry and one sync.
 //!
 //! Data directory layout: `log/` (the raft log segments), `state/` (durable
-//! state snapshots, see [`StateSnapshots`]) and `incarnation` (a boot counter,
+//! state snapshots through `snapshot::PersistentState`) and `incarnation` (a boot counter,
 //! so a proposal made before a restart is never matched to one made after).
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,7 @@ use raft::eraftpb::{ConfState, MessageType, SnapshotMetadata};
 use super::command::{Accept, Account, Address, Command};
 use super::id::MessageId;
 use super::node::{CoreConfig, LogStart, ProposalResult, RaftCore, RetryReason};
+use super::snapshot::{FsSnapshotDisk, PersistentState};
 use super::state::{AppState, ApplyOutcome};
 use super::transport::{Transport, TransportConfig};
 use super::wal::{FsDisk, LogOptions, RaftLog};
@@ -488,12 +489,21 @@ impl Driver {
                 "log recovery cut a torn or corrupt tail (unsynced writes from a crash)"
             );
         }
-        let snapshots = StateSnapshots::open(config.data_dir.join("state"))?;
+        let snapshots = PersistentState::new(FsSnapshotDisk::open(&config.data_dir.join("state"))?);
         let mut state = AppState::new();
         let mut state_snapshot = None;
         if let Some(saved) = snapshots.load_latest()? {
-            state.restore(saved.metadata.index, &saved.state)?;
-            state_snapshot = Some(saved.metadata);
+            let conf_state = ConfState::parse_from_bytes(&saved.conf_state).map_err(|e| {
+                StoreError::Corrupt(format!("conf state in the state snapshot: {e}"))
+            })?;
+            state.restore(saved.index, &saved.state)?;
+            let mut metadata = SnapshotMetadata {
+                index: saved.index,
+                term: saved.term,
+                ..Default::default()
+            };
+            metadata.set_conf_state(conf_state);
+            state_snapshot = Some(metadata);
         }
         let log_is_empty = recovered.entries.is_empty()
             && recovered.snapshot_index == 0
@@ -564,6 +574,13 @@ impl Driver {
     }
 
     fn run(&mut self) -> Result<(), StoreError> {
+        // Settle the start-up campaign before taking proposals: the core fails
+        // proposals pending across a term change, and a lone voter's first
+        // term change is this one.
+        if self.core.has_ready() {
+            let actions = self.core.ready()?;
+            self.execute(actions)?;
+        }
         while !self.stopping {
             self.wait_for_work();
             self.drain_inputs();
@@ -698,7 +715,7 @@ impl Driver {
             // The state must be durable before the log forgets the entries it
             // replaces: a crash in between would otherwise lose both.
             let state = self.core.state_machine().snapshot();
-            self.snapshots.save_now(metadata, &state)?;
+            self.snapshots.save_now(metadata, state)?;
             self.metrics
                 .state_snapshots_saved
                 .fetch_add(1, Ordering::Relaxed);
@@ -845,137 +862,35 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError>
 // ---------------------------------------------------------------------------
 // Durable state snapshots
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"TERNSNAP";
-const SNAPSHOT_FORMAT_VERSION: u8 = 1;
-/// Snapshot files kept; older ones are removed once a newer one is durable.
-const SNAPSHOTS_KEPT: usize = 2;
-
-/// A state snapshot as loaded from disk.
-pub struct SavedSnapshot {
-    pub metadata: SnapshotMetadata,
-    pub state: Vec<u8>,
-}
-
-/// Durable state snapshots in their own files: `snap-<index>` holding magic,
-/// format version, metadata (protobuf), state bytes and a CRC32C over all of
-/// it, written with fsync + rename + directory fsync. A file that fails its
-/// checksum is ignored in favour of the previous one.
-pub struct StateSnapshots {
-    dir: PathBuf,
-}
-
-impl StateSnapshots {
-    pub fn open(dir: PathBuf) -> Result<StateSnapshots, StoreError> {
-        fs::create_dir_all(&dir)?;
-        Ok(StateSnapshots { dir })
-    }
-
-    fn file_name(index: u64) -> String {
-        format!("snap-{index:020}")
-    }
-
-    fn indexes_descending(&self) -> Result<Vec<u64>, StoreError> {
-        let mut indexes = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let name = entry?.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(index) = name
-                .strip_prefix("snap-")
-                .and_then(|i| i.parse::<u64>().ok())
-            {
-                indexes.push(index);
-            }
-        }
-        indexes.sort_unstable_by(|a, b| b.cmp(a));
-        Ok(indexes)
-    }
-
-    /// Saves durably; returns once the snapshot would survive a power cut.
-    pub fn save(&self, metadata: &SnapshotMetadata, state: &[u8]) -> Result<(), StoreError> {
-        let meta_bytes = metadata
-            .write_to_bytes()
-            .map_err(|e| StoreError::Corrupt(format!("snapshot metadata: {e}")))?;
-        let meta_len = u32::try_from(meta_bytes.len())
-            .map_err(|_| StoreError::Corrupt("snapshot metadata over 4 GiB".into()))?;
-        let mut bytes = Vec::with_capacity(8 + 1 + 4 + meta_bytes.len() + 8 + state.len() + 4);
-        bytes.extend_from_slice(SNAPSHOT_MAGIC);
-        bytes.push(SNAPSHOT_FORMAT_VERSION);
-        bytes.extend_from_slice(&meta_len.to_le_bytes());
-        bytes.extend_from_slice(&meta_bytes);
-        bytes.extend_from_slice(&(state.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(state);
-        let crc = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        write_durably(&self.dir, &Self::file_name(metadata.index), &bytes)?;
-        for old in self.indexes_descending()?.into_iter().skip(SNAPSHOTS_KEPT) {
-            let _ = fs::remove_file(self.dir.join(Self::file_name(old)));
-        }
-        Ok(())
-    }
-
-    /// The newest snapshot that verifies, if any.
-    pub fn load_latest(&self) -> Result<Option<SavedSnapshot>, StoreError> {
-        for index in self.indexes_descending()? {
-            let path = self.dir.join(Self::file_name(index));
-            let mut bytes = Vec::new();
-            File::open(&path)?.read_to_end(&mut bytes)?;
-            match Self::decode(&bytes) {
-                Some(saved) if saved.metadata.index == index => return Ok(Some(saved)),
-                _ => tracing::warn!(path = %path.display(), "ignoring a damaged state snapshot"),
-            }
-        }
-        Ok(None)
-    }
-
-    fn decode(bytes: &[u8]) -> Option<SavedSnapshot> {
-        let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
-        if crc32c::crc32c(body).to_le_bytes() != crc {
-            return None;
-        }
-        let rest = body.strip_prefix(SNAPSHOT_MAGIC)?;
-        let (&version, rest) = rest.split_first()?;
-        if version != SNAPSHOT_FORMAT_VERSION {
-            return None;
-        }
-        let meta_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let meta_bytes = rest.get(4..4 + meta_len)?;
-        let rest = rest.get(4 + meta_len..)?;
-        let state_len =
-            usize::try_from(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)).ok()?;
-        let state = rest.get(8..)?;
-        if state.len() != state_len {
-            return None;
-        }
-        let metadata = SnapshotMetadata::parse_from_bytes(meta_bytes).ok()?;
-        Some(SavedSnapshot {
-            metadata,
-            state: state.to_vec(),
-        })
-    }
-}
-
 /// Writes state snapshots on a helper thread so the store thread never waits
-/// for their fsync; one at a time.
+/// for their fsync in steady state; one write at a time.
 struct SnapshotWriter {
-    snapshots: Arc<StateSnapshots>,
     jobs: Sender<(SnapshotMetadata, Vec<u8>)>,
     done: Receiver<Result<u64, String>>,
     in_flight: bool,
+    /// A background write that finished while `save_now` waited for it.
+    finished_meanwhile: Option<u64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl SnapshotWriter {
-    fn start(snapshots: StateSnapshots, node_id: u64) -> Result<SnapshotWriter, StoreError> {
-        let snapshots = Arc::new(snapshots);
+    fn start(
+        mut snapshots: PersistentState<FsSnapshotDisk>,
+        node_id: u64,
+    ) -> Result<SnapshotWriter, StoreError> {
         let (jobs, job_rx) = crossbeam_channel::bounded::<(SnapshotMetadata, Vec<u8>)>(1);
         let (done_tx, done) = crossbeam_channel::bounded(1);
-        let writer_snapshots = Arc::clone(&snapshots);
         let thread = thread::Builder::new()
             .name(format!("tern-snap-{node_id}"))
             .spawn(move || {
                 for (metadata, state) in job_rx {
-                    let result = writer_snapshots
-                        .save(&metadata, &state)
+                    let result = metadata
+                        .get_conf_state()
+                        .write_to_bytes()
+                        .map_err(|e| StoreError::Corrupt(format!("conf state: {e}")))
+                        .and_then(|conf| {
+                            snapshots.save_snapshot(metadata.index, metadata.term, &conf, &state)
+                        })
                         .map(|()| metadata.index)
                         .map_err(|e| e.to_string());
                     if done_tx.send(result).is_err() {
@@ -984,10 +899,10 @@ impl SnapshotWriter {
                 }
             })?;
         Ok(SnapshotWriter {
-            snapshots,
             jobs,
             done,
             in_flight: false,
+            finished_meanwhile: None,
             thread: Some(thread),
         })
     }
@@ -1004,23 +919,51 @@ impl SnapshotWriter {
 
     /// The index of a background snapshot that became durable, if one did.
     fn completed(&mut self) -> Option<u64> {
+        if let Some(index) = self.finished_meanwhile.take() {
+            return Some(index);
+        }
         match self.done.try_recv() {
-            Ok(Ok(index)) => {
-                tracing::debug!(index, "state snapshot durable");
+            Ok(result) => {
                 self.in_flight = false;
-                Some(index)
-            }
-            Ok(Err(e)) => {
-                self.in_flight = false;
-                tracing::error!("state snapshot failed (the log keeps its entries): {e}");
-                None
+                Self::report(result)
             }
             Err(_) => None,
         }
     }
 
-    fn save_now(&self, metadata: &SnapshotMetadata, state: &[u8]) -> Result<(), StoreError> {
-        self.snapshots.save(metadata, state)
+    fn report(result: Result<u64, String>) -> Option<u64> {
+        match result {
+            Ok(index) => {
+                tracing::debug!(index, "state snapshot durable");
+                Some(index)
+            }
+            Err(e) => {
+                tracing::error!("state snapshot failed (the log keeps its entries): {e}");
+                None
+            }
+        }
+    }
+
+    /// Saves durably and returns only once the snapshot would survive a
+    /// power cut (after any background write in progress).
+    fn save_now(&mut self, metadata: &SnapshotMetadata, state: Vec<u8>) -> Result<(), StoreError> {
+        let stopped = || StoreError::Raft("snapshot thread stopped".into());
+        if self.in_flight {
+            let result = self.done.recv().map_err(|_| stopped())?;
+            self.in_flight = false;
+            if let Some(index) = Self::report(result) {
+                self.finished_meanwhile = Some(index);
+            }
+        }
+        self.jobs
+            .send((metadata.clone(), state))
+            .map_err(|_| stopped())?;
+        match self.done.recv().map_err(|_| stopped())? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Raft(format!(
+                "saving an installed snapshot: {e}"
+            ))),
+        }
     }
 }
 
@@ -1166,35 +1109,6 @@ mod tests {
             Ok(ApplyOutcome::Duplicate(_))
         ));
         store.shutdown().unwrap();
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn state_snapshots_round_trip_and_skip_damaged_files() {
-        let dir = temp_dir("snapshots");
-        let snapshots = StateSnapshots::open(dir.clone()).unwrap();
-        assert!(snapshots.load_latest().unwrap().is_none());
-        let mut metadata = SnapshotMetadata {
-            index: 10,
-            term: 2,
-            ..Default::default()
-        };
-        metadata.mut_conf_state().voters = vec![1, 2, 3];
-        snapshots.save(&metadata, b"state at ten").unwrap();
-        metadata.index = 20;
-        snapshots.save(&metadata, b"state at twenty").unwrap();
-        let latest = snapshots.load_latest().unwrap().unwrap();
-        assert_eq!(
-            (latest.metadata.index, latest.state.as_slice()),
-            (20, &b"state at twenty"[..])
-        );
-        // A torn newest file falls back to the previous snapshot.
-        let newest = dir.join(StateSnapshots::file_name(20));
-        let bytes = fs::read(&newest).unwrap();
-        fs::write(&newest, &bytes[..bytes.len() - 3]).unwrap();
-        let latest = snapshots.load_latest().unwrap().unwrap();
-        assert_eq!(latest.metadata.index, 10);
-        assert_eq!(latest.metadata.get_conf_state().voters, vec![1, 2, 3]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
