@@ -17,7 +17,20 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::store::driver::{PendingReply, Store, StoreConfig, StoreHandle};
+use crate::store::driver::{
+    filler_account_command, no_op_command, FillerCommands, PendingReply, Store, StoreConfig,
+    StoreHandle,
+};
+
+/// What the proposers propose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// A message `Accept` per proposal: realistic apply, the state grows.
+    Accept,
+    /// A command that changes nothing: consensus, log and batching alone.
+    NoOp,
+}
 
 /// What `tern bench store` was asked to do.
 #[derive(Clone, Debug)]
@@ -28,6 +41,8 @@ pub struct BenchStoreArgs {
     pub proposers: usize,
     /// Proposals each proposer keeps in flight.
     pub window: usize,
+    pub workload: Workload,
+    pub max_batch_bytes: usize,
     pub data_dir: Option<PathBuf>,
     pub json: bool,
 }
@@ -36,6 +51,7 @@ pub struct BenchStoreArgs {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchStoreReport {
     pub voters: u8,
+    pub workload: Workload,
     pub payload_bytes: usize,
     pub duration_s: f64,
     pub commits: u64,
@@ -74,6 +90,7 @@ fn print_report(report: &BenchStoreReport, json: bool) {
         return;
     }
     println!("voters                 {}", report.voters);
+    println!("workload               {:?}", report.workload);
     println!("payload                {} bytes", report.payload_bytes);
     println!("duration               {:.1} s", report.duration_s);
     println!(
@@ -120,9 +137,12 @@ fn bench(args: &BenchStoreArgs) -> Result<BenchStoreReport, String> {
     let raw_fdatasync_per_s = raw_fdatasync_rate(&scratch.0, Duration::from_secs(1))
         .map_err(|e| format!("fdatasync probe: {e}"))?;
 
-    let stores = start_cluster(args.voters, &scratch.0)?;
+    let stores = start_cluster(args.voters, args.max_batch_bytes, &scratch.0)?;
     let leader = wait_for_leader(&stores, Duration::from_secs(10))?;
     let handle = stores[leader].handle();
+    handle
+        .propose_blocking(filler_account_command())
+        .map_err(|e| format!("provisioning the bench account: {e}"))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
@@ -133,6 +153,7 @@ fn bench(args: &BenchStoreArgs) -> Result<BenchStoreReport, String> {
         let committed = Arc::clone(&committed);
         let payload_bytes = args.payload_bytes;
         let window = args.window;
+        let workload = args.workload;
         workers.push(
             thread::Builder::new()
                 .name(format!("bench-proposer-{worker}"))
@@ -142,6 +163,7 @@ fn bench(args: &BenchStoreArgs) -> Result<BenchStoreReport, String> {
                         worker as u64,
                         payload_bytes,
                         window,
+                        workload,
                         &stop,
                         &committed,
                     )
@@ -214,6 +236,7 @@ fn bench(args: &BenchStoreArgs) -> Result<BenchStoreReport, String> {
     };
     Ok(BenchStoreReport {
         voters: args.voters,
+        workload: args.workload,
         payload_bytes: args.payload_bytes,
         duration_s: seconds,
         commits,
@@ -270,7 +293,7 @@ fn free_loopback_port() -> Result<SocketAddr, String> {
     listener.local_addr().map_err(|e| e.to_string())
 }
 
-fn start_cluster(voters: u8, dir: &Path) -> Result<Vec<Store>, String> {
+fn start_cluster(voters: u8, max_batch_bytes: usize, dir: &Path) -> Result<Vec<Store>, String> {
     let ids: Vec<u64> = (1..=u64::from(voters)).collect();
     let mut addrs = Vec::with_capacity(ids.len());
     for id in &ids {
@@ -287,6 +310,7 @@ fn start_cluster(voters: u8, dir: &Path) -> Result<Vec<Store>, String> {
             .copied()
             .collect();
         config.initial_voters = ids.clone();
+        config.max_batch_bytes = max_batch_bytes;
         stores.push(Store::start(config).map_err(|e| format!("node {id}: {e}"))?);
     }
     Ok(stores)
@@ -317,6 +341,7 @@ fn proposer(
     worker: u64,
     payload_bytes: usize,
     window: usize,
+    workload: Workload,
     stop: &AtomicBool,
     committed: &AtomicU64,
 ) -> ProposerOutcome {
@@ -328,10 +353,15 @@ fn proposer(
     };
     let mut in_flight: VecDeque<(Instant, PendingReply)> = VecDeque::with_capacity(window);
     let mut sequence = 0u64;
+    let mut commands = FillerCommands::new(payload_bytes);
+    let no_op = no_op_command(payload_bytes);
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         while !stopping && in_flight.len() < window {
-            let command = bench_command(worker, sequence, payload_bytes);
+            let command = match workload {
+                Workload::Accept => commands.command(worker, sequence),
+                Workload::NoOp => no_op.clone(),
+            };
             sequence += 1;
             match handle.try_propose(command) {
                 Ok(pending) => in_flight.push_back((Instant::now(), pending)),
@@ -360,11 +390,6 @@ fn proposer(
             Err(_) => outcome.retries += 1,
         }
     }
-}
-
-/// A command of exactly `payload_bytes` bytes as the state machine sees it.
-fn bench_command(worker: u64, sequence: u64, payload_bytes: usize) -> Vec<u8> {
-    crate::store::driver::filler_command(worker, sequence, payload_bytes)
 }
 
 #[cfg(test)]

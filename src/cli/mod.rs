@@ -52,6 +52,13 @@ pub enum BenchCommand {
         /// Proposals each proposer keeps in flight.
         #[arg(long, default_value_t = 4096)]
         window: usize,
+        /// What is proposed: `accept` (a message Accept each, the state grows)
+        /// or `no-op` (a command that changes nothing: the replication path alone).
+        #[arg(long, value_enum, default_value_t = bench_store::Workload::Accept)]
+        workload: bench_store::Workload,
+        /// Raft entry (proposal batch) size limit in bytes.
+        #[arg(long, default_value_t = 64 * 1024)]
+        max_batch_bytes: usize,
         /// Where the nodes' data goes (a scratch directory inside it is removed afterwards).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
@@ -86,6 +93,8 @@ pub fn run(cli: Cli) -> i32 {
             duration_s,
             proposers,
             window,
+            workload,
+            max_batch_bytes,
             data_dir,
             json,
         }) => bench_store::run(bench_store::BenchStoreArgs {
@@ -94,6 +103,8 @@ pub fn run(cli: Cli) -> i32 {
             duration_s,
             proposers,
             window,
+            workload,
+            max_batch_bytes,
             data_dir,
             json,
         }),

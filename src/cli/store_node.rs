@@ -23,10 +23,9 @@ use std::path::PathBuf;
 use std::thread;
 
 use crate::store::driver::{
-    filler_account_command, filler_command, PendingReply, ProposeError, Store, StoreConfig,
-    StoreHandle,
+    filler_account_command, filler_command, filler_id, PendingReply, ProposeError, Store,
+    StoreConfig, StoreHandle,
 };
-use crate::store::id::MessageId;
 use crate::store::state::AppState;
 use crate::store::StateMachine;
 
@@ -137,10 +136,6 @@ fn number<T: std::str::FromStr>(words: &[&str], at: usize) -> Result<T, String> 
         .ok_or_else(|| format!("argument {at} missing or not a number"))
 }
 
-fn filler_id(worker: u64, seq: u64) -> Option<MessageId> {
-    MessageId::from_parts(1, worker.wrapping_add(1), 0, seq)
-}
-
 fn serve_line(
     handle: &StoreHandle,
     words: &[&str],
@@ -189,7 +184,7 @@ fn serve_line(
                 let (worker, seq) = word.split_once(':').ok_or("expected worker:seq")?;
                 let worker = worker.parse().map_err(|_| "bad worker")?;
                 let seq = seq.parse().map_err(|_| "bad seq")?;
-                ids.push(filler_id(worker, seq).ok_or("id out of range")?);
+                ids.push(filler_id(worker, seq));
             }
             let missing = handle
                 .query_blocking(move |state: &AppState| {

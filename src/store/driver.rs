@@ -69,6 +69,10 @@ pub struct StoreConfig {
     pub compact_keep_entries: u64,
     /// The log is compacted only once that drops at least this many entries.
     pub compact_min_entries: u64,
+    /// A batch of proposals (one raft entry) is sealed at this size. Modest
+    /// batches keep the allocator reusing warm memory; a sync still covers
+    /// every batch sealed while the previous one ran.
+    pub max_batch_bytes: usize,
 }
 
 impl StoreConfig {
@@ -89,6 +93,7 @@ impl StoreConfig {
             segment_size_bytes: 64 * 1024 * 1024,
             compact_keep_entries: 1000,
             compact_min_entries: 256,
+            max_batch_bytes: 64 * 1024,
         }
     }
 }
@@ -535,6 +540,7 @@ impl Driver {
         core_config.heartbeat_ticks = config.heartbeat_ticks;
         core_config.compact_keep_entries = config.compact_keep_entries;
         core_config.compact_min_entries = config.compact_min_entries;
+        core_config.max_batch_bytes = config.max_batch_bytes.max(1);
         let mut core = RaftCore::new(core_config, start, state)?;
         if let Some(saved) = &state_snapshot {
             core.set_durable_snapshot_index(saved.index.min(core.applied_index()));
@@ -999,46 +1005,121 @@ pub fn filler_account_command() -> Vec<u8> {
     .encode()
 }
 
-/// A realistic `Accept` whose encoding is `size_bytes` long (or as close as
-/// the fixed fields allow), with an id unique per (`worker`, `sequence`).
-pub fn filler_command(worker: u64, sequence: u64, size_bytes: usize) -> Vec<u8> {
-    let id = MessageId::from_parts(1, worker.wrapping_add(1), 0, sequence)
-        .or_else(|| MessageId::from_parts(1, 1, 0, sequence))
-        .unwrap_or_else(|| unreachable!("small ids are always representable"));
-    let mut accept = Accept {
-        id,
-        account: FILLER_ACCOUNT.into(),
+/// Builds realistic `Accept` commands of a chosen encoded size quickly: the
+/// payload length is worked out once, each command is then one encode.
+pub struct FillerCommands {
+    template: Accept,
+}
+
+impl FillerCommands {
+    /// Commands whose encoding is `size_bytes` long (or as close as the fixed
+    /// fields allow; ids and timestamps are varints, so a byte or two of drift).
+    pub fn new(size_bytes: usize) -> FillerCommands {
+        let mut template = Accept {
+            id: filler_id(0, 0),
+            account: FILLER_ACCOUNT.into(),
+            source: Address {
+                ton: 5,
+                npi: 0,
+                digits: "TERN".into(),
+            },
+            destination: Address {
+                ton: 1,
+                npi: 1,
+                digits: "447700900123".into(),
+            },
+            data_coding: 0,
+            esm_class: 0,
+            protocol_id: 0,
+            priority: 0,
+            registered_delivery: 1,
+            payload: Vec::new(),
+            segment: None,
+            received_at_ms: 1_700_000_000_000,
+            validity_until_ms: None,
+            owner_node: 1,
+        };
+        // Varint lengths make the overhead depend on the payload size: converge.
+        for _ in 0..4 {
+            let encoded_len = Command::Accept(template.clone()).encode().len();
+            if encoded_len == size_bytes {
+                break;
+            }
+            let target = (template.payload.len() + size_bytes).saturating_sub(encoded_len);
+            template.payload.resize(target, b'x');
+        }
+        FillerCommands { template }
+    }
+
+    /// The command for message (`worker`, `sequence`); ids are unique per pair.
+    pub fn command(&mut self, worker: u64, sequence: u64) -> Vec<u8> {
+        self.template.id = filler_id(worker, sequence);
+        self.template.received_at_ms = 1_700_000_000_000 + sequence;
+        // Encoding borrows the template through a temporary command; the
+        // payload moves in and back out, so nothing is copied but the bytes
+        // written.
+        let command = Command::Accept(std::mem::replace(&mut self.template, empty_accept()));
+        let bytes = command.encode();
+        if let Command::Accept(accept) = command {
+            self.template = accept;
+        }
+        bytes
+    }
+}
+
+fn empty_accept() -> Accept {
+    Accept {
+        id: filler_id(0, 0),
+        account: String::new(),
         source: Address {
-            ton: 5,
+            ton: 0,
             npi: 0,
-            digits: "TERN".into(),
+            digits: String::new(),
         },
         destination: Address {
-            ton: 1,
-            npi: 1,
-            digits: "447700900123".into(),
+            ton: 0,
+            npi: 0,
+            digits: String::new(),
         },
         data_coding: 0,
         esm_class: 0,
         protocol_id: 0,
         priority: 0,
-        registered_delivery: 1,
+        registered_delivery: 0,
         payload: Vec::new(),
         segment: None,
-        received_at_ms: 1_700_000_000_000 + sequence,
+        received_at_ms: 0,
         validity_until_ms: None,
-        owner_node: 1,
-    };
-    // Varint lengths make the overhead depend on the payload size: converge.
+        owner_node: 0,
+    }
+}
+
+/// The id of filler message (`worker`, `sequence`).
+pub fn filler_id(worker: u64, sequence: u64) -> MessageId {
+    MessageId::from_parts(1, worker.wrapping_add(1), 0, sequence)
+        .or_else(|| MessageId::from_parts(1, 1, 0, sequence))
+        .unwrap_or_else(|| unreachable!("small ids are always representable"))
+}
+
+/// A command of `size_bytes` that travels the whole replication path but
+/// changes no state (removing a route that does not exist): isolates the cost
+/// of consensus, log and batching from the cost of a growing state.
+pub fn no_op_command(size_bytes: usize) -> Vec<u8> {
+    let mut name = String::new();
     for _ in 0..4 {
-        let encoded_len = Command::Accept(accept.clone()).encode().len();
+        let encoded_len = Command::RemoveRoute { name: name.clone() }.encode().len();
         if encoded_len == size_bytes {
             break;
         }
-        let target = (accept.payload.len() + size_bytes).saturating_sub(encoded_len);
-        accept.payload.resize(target, b'x');
+        let target = (name.len() + size_bytes).saturating_sub(encoded_len);
+        name = "n".repeat(target);
     }
-    Command::Accept(accept).encode()
+    Command::RemoveRoute { name }.encode()
+}
+
+/// One filler command; see [`FillerCommands`] to make many.
+pub fn filler_command(worker: u64, sequence: u64, size_bytes: usize) -> Vec<u8> {
+    FillerCommands::new(size_bytes).command(worker, sequence)
 }
 
 #[cfg(test)]
@@ -1070,11 +1151,33 @@ mod tests {
     }
 
     #[test]
+    fn no_op_command_has_the_requested_size() {
+        for size in [50, 200, 1000] {
+            let bytes = no_op_command(size);
+            assert_eq!(bytes.len(), size);
+            assert!(matches!(
+                Command::decode(&bytes),
+                Ok(Command::RemoveRoute { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn filler_command_has_the_requested_size_and_decodes() {
         for size in [120, 200, 300] {
-            let bytes = filler_command(3, 42, size);
-            assert_eq!(bytes.len(), size);
-            assert!(matches!(Command::decode(&bytes), Ok(Command::Accept(_))));
+            let mut commands = FillerCommands::new(size);
+            for sequence in [0, 1, 1 << 20, 1 << 40] {
+                let bytes = commands.command(3, sequence);
+                assert!(
+                    bytes.len().abs_diff(size) <= 4,
+                    "{} for {size}",
+                    bytes.len()
+                );
+                match Command::decode(&bytes) {
+                    Ok(Command::Accept(accept)) => assert_eq!(accept.id, filler_id(3, sequence)),
+                    other => panic!("filler did not decode: {other:?}"),
+                }
+            }
         }
     }
 
