@@ -165,7 +165,10 @@ mod tests {
 
     #[test]
     fn requests_and_responses_pair_up() {
-        assert_eq!(CommandId::SubmitSm.response(), Some(CommandId::SubmitSmResp));
+        assert_eq!(
+            CommandId::SubmitSm.response(),
+            Some(CommandId::SubmitSmResp)
+        );
         assert_eq!(CommandId::SubmitSmResp.request(), Some(CommandId::SubmitSm));
         assert_eq!(CommandId::Outbind.response(), None);
         assert_eq!(CommandId::AlertNotification.response(), None);

@@ -154,7 +154,10 @@ mod tests {
         let s = CommandStatus(0x0000_0401);
         assert_eq!(s.name(), None);
         assert_eq!(s.text(), "Reserved for SMSC vendor specific errors");
-        assert_eq!(s.to_string(), "0x00000401: Reserved for SMSC vendor specific errors");
+        assert_eq!(
+            s.to_string(),
+            "0x00000401: Reserved for SMSC vendor specific errors"
+        );
         assert_eq!(
             CommandStatus::ESME_RTHROTTLED.to_string(),
             "ESME_RTHROTTLED (0x00000058): Throttling error (ESME has exceeded allowed message limits)"

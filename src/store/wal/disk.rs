@@ -51,7 +51,14 @@ impl FsDisk {
     /// Opens (creating if needed) a log directory and locks it.
     pub fn open(dir: impl AsRef<Path>) -> io::Result<FsDisk> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir)?;
+            // The new directory's own name must survive a power cut, or the
+            // segments synced inside it are unreachable.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)?.sync_all()?;
+            }
+        }
         let lock = OpenOptions::new()
             .read(true)
             .write(true)

@@ -404,3 +404,123 @@ pub(crate) fn to_entry(
         ..Entry::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry_type(code: u8) -> EntryType {
+        match code % 3 {
+            0 => EntryType::EntryNormal,
+            1 => EntryType::EntryConfChange,
+            _ => EntryType::EntryConfChangeV2,
+        }
+    }
+
+    fn conf_state(lists: [Vec<u64>; 4], auto_leave: bool) -> ConfState {
+        let [voters, learners, voters_outgoing, learners_next] = lists;
+        ConfState {
+            voters,
+            learners,
+            voters_outgoing,
+            learners_next,
+            auto_leave,
+            ..ConfState::default()
+        }
+    }
+
+    fn ids() -> impl Strategy<Value = Vec<u64>> {
+        proptest::collection::vec(any::<u64>(), 0..6)
+    }
+
+    proptest! {
+        #[test]
+        fn every_record_decodes_to_what_was_encoded(
+            index in any::<u64>(),
+            term in any::<u64>(),
+            code in any::<u8>(),
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            context in proptest::collection::vec(any::<u8>(), 0..40),
+            hard in any::<(u64, u64, u64)>(),
+            lists in [ids(), ids(), ids(), ids()],
+            flags in any::<(bool, bool)>(),
+        ) {
+            let entry = to_entry(index, term, entry_type(code), &data, &context);
+            let hard_state = HardState { term: hard.0, vote: hard.1, commit: hard.2, ..HardState::default() };
+            let conf = conf_state(lists, flags.0);
+            let mut segment = Vec::new();
+            encode_header(&mut segment, 3, index);
+            encode_entry(&mut segment, &entry);
+            encode_hard_state(&mut segment, &hard_state);
+            encode_conf_state(&mut segment, &conf);
+            encode_snapshot(&mut segment, index, term, flags.1, &conf);
+
+            let header = decode_header(&segment).unwrap();
+            prop_assert_eq!(header, SegmentHeader { version: FORMAT_VERSION, seq: 3, first_index: index });
+            let mut offset = HEADER_LEN;
+            let mut records = Vec::new();
+            while let Next::Record(record, end) = next_record(&segment, offset, FORMAT_VERSION) {
+                records.push(record);
+                offset = end;
+            }
+            prop_assert_eq!(offset, segment.len());
+            prop_assert_eq!(records, vec![
+                Record::Entry { index, term, entry_type: entry_type(code), data: &data, context: &context },
+                Record::HardState(hard_state),
+                Record::ConfState(conf.clone()),
+                Record::Snapshot { index, term, keeps_following: flags.1, conf_state: conf },
+            ]);
+        }
+
+        #[test]
+        fn any_single_flipped_bit_is_caught(
+            data in proptest::collection::vec(any::<u8>(), 0..200),
+            bit in any::<usize>(),
+        ) {
+            let mut segment = Vec::new();
+            encode_entry(&mut segment, &to_entry(5, 2, EntryType::EntryNormal, &data, b""));
+            let bit = bit % (segment.len() * 8);
+            segment[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(matches!(next_record(&segment, 0, FORMAT_VERSION), Next::Invalid(_)));
+        }
+    }
+
+    #[test]
+    fn segment_names_sort_like_their_numbers_and_parse_back() {
+        let names: Vec<String> = [(1, 1), (2, 900), (10, 70_000), (u64::MAX, u64::MAX)]
+            .iter()
+            .map(|&(seq, first)| segment_name(seq, first))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert_eq!(parse_segment_name(&names[2]), Some((10, 70_000)));
+        for bad in [
+            "LOCK",
+            "1-1.wal",
+            "0000000000000001-000000000000000g.wal",
+            "x.wal",
+        ] {
+            assert_eq!(parse_segment_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn headers_reject_damage_and_future_versions() {
+        let mut header = Vec::new();
+        encode_header(&mut header, 7, 42);
+        assert_eq!(
+            decode_header(&header[..HEADER_LEN - 1]),
+            Err(HeaderError::Invalid)
+        );
+        let mut damaged = header.clone();
+        damaged[20] ^= 4;
+        assert_eq!(decode_header(&damaged), Err(HeaderError::Invalid));
+        let mut future = header.clone();
+        future[8] = 2;
+        let crc = header_crc(future.as_slice().try_into().unwrap());
+        future[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&future), Err(HeaderError::NewerVersion(2)));
+    }
+}

@@ -20,6 +20,37 @@
 //! - Entries in the log are contiguous and start right after the snapshot
 //!   index; an entry at an index already in the log replaces it and everything
 //!   after it (raft's suffix replacement); replay resolves to the last write.
+//!
+//! Use from a raft Ready loop (raft-rs order):
+//!
+//! ```
+//! use raft::eraftpb::{ConfState, Entry, HardState};
+//! use tern::store::wal::{LogOptions, RaftLog, SimDisk};
+//!
+//! # fn main() -> Result<(), tern::store::StoreError> {
+//! let disk = SimDisk::new();
+//! let (mut log, recovered) = RaftLog::open(disk.clone(), LogOptions::default())?;
+//! assert!(recovered.entries.is_empty());
+//! // For each Ready: a snapshot first (only once its data is durable
+//! // elsewhere), then entries and hard state, then one sync for all of them.
+//! let entries: Vec<Entry> = (1..=3)
+//!     .map(|index| Entry { index, term: 1, data: b"cmd".to_vec().into(), ..Entry::default() })
+//!     .collect();
+//! log.append(&entries)?;
+//! log.set_hard_state(&HardState { term: 1, vote: 1, commit: 0, ..HardState::default() })?;
+//! log.sync()?; // now send persisted_messages()
+//! // After applying and taking a state snapshot at 2 that is durable:
+//! log.set_snapshot(2, 1, &ConfState::default())?;
+//! log.sync()?;
+//! log.compact(2)?;
+//! drop(log);
+//! disk.power_cut(7);
+//! let (_, recovered) = RaftLog::open(disk, LogOptions::default())?;
+//! assert_eq!(recovered.snapshot_index, 2);
+//! assert_eq!(recovered.entries.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
 
 mod disk;
 mod format;
@@ -43,6 +74,10 @@ pub struct LogOptions {
     pub segment_size_bytes: u64,
 }
 
+/// Write buffer capacity kept between syncs; batches up to this size reuse it
+/// without allocating.
+const RETAINED_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
 /// Smallest segment size honoured: a new segment's header and checkpoint must
 /// fit well inside one, or every record would roll.
 pub const MIN_SEGMENT_SIZE_BYTES: u64 = 4096;
@@ -55,7 +90,8 @@ impl Default for LogOptions {
     }
 }
 
-/// What `open` found on disk: exactly what was synced, minus torn tails.
+/// What `open` found on disk: everything that was synced, plus any later
+/// records that reached the disk whole before the crash (never part of one).
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
     pub hard_state: HardState,
@@ -209,6 +245,14 @@ fn misuse(message: String) -> StoreError {
     StoreError::Raft(message)
 }
 
+/// A change recovery makes to the files once the log has replayed.
+enum Repair {
+    /// Cut a torn or corrupt tail off (the length is durable when it returns).
+    Truncate(String, u64),
+    /// Remove a segment past the cut, or one with a torn header.
+    Remove(String),
+}
+
 /// The replay of a record stream into the state `open` returns.
 struct Replay {
     recovered: Recovered,
@@ -232,7 +276,7 @@ impl Replay {
                     return Ok(());
                 }
                 if let Some(last) = self.entries.back().map(|e| e.index) {
-                    if index > last + 1 {
+                    if index > last.saturating_add(1) {
                         return Err(StoreError::Corrupt(format!(
                             "raft log jumps from index {last} to {index}"
                         )));
@@ -283,7 +327,7 @@ impl Replay {
 
     fn finish(mut self) -> Result<Recovered, StoreError> {
         if let Some(first) = self.entries.front().map(|e| e.index) {
-            if first != self.recovered.snapshot_index + 1 {
+            if Some(first) != self.recovered.snapshot_index.checked_add(1) {
                 return Err(StoreError::Corrupt(format!(
                     "raft log starts at index {first} but its snapshot is at {}",
                     self.recovered.snapshot_index
@@ -325,40 +369,42 @@ impl<D: LogDisk> RaftLog<D> {
         let mut segments = VecDeque::new();
         let mut dropped_bytes = 0u64;
         let mut damaged = false;
-        let mut dir_changed = false;
+        // Repairs wait until the whole log has replayed: a log that turns out
+        // unreadable (newer version, gap) is left exactly as found.
+        let mut repairs: Vec<Repair> = Vec::new();
         let count = names.len();
-        let next_seq = names.last().map_or(1, |(seq, _, _)| seq + 1);
+        let next_seq = names.last().map_or(1, |(seq, _, _)| seq.saturating_add(1));
         for (position, (seq, first_index, name)) in names.into_iter().enumerate() {
             let bytes = disk.read(&name)?;
+            let header = format::decode_header(&bytes);
+            if let Err(HeaderError::NewerVersion(version)) = header {
+                return Err(StoreError::Corrupt(format!(
+                    "raft log segment {name} has format version {version}; this binary \
+                     reads up to {}",
+                    format::FORMAT_VERSION
+                )));
+            }
             if damaged {
                 // Everything after a cut is unreachable: a hole in the record
                 // stream would let a later record reorder history.
                 dropped_bytes += bytes.len() as u64;
-                disk.remove(&name)?;
-                dir_changed = true;
+                repairs.push(Repair::Remove(name));
                 continue;
             }
-            let header = match format::decode_header(&bytes) {
+            let header = match header {
                 Ok(header) => header,
-                Err(HeaderError::NewerVersion(version)) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "raft log segment {name} has format version {version}; this binary \
-                         reads up to {}",
-                        format::FORMAT_VERSION
-                    )));
-                }
                 Err(HeaderError::Invalid) if position + 1 == count => {
                     // The newest segment's header is written with its first
                     // records in one sync; a torn header means nothing in it was
                     // ever synced.
                     tracing::warn!(segment = %name, "removing raft log segment with a torn header");
                     dropped_bytes += bytes.len() as u64;
-                    disk.remove(&name)?;
-                    dir_changed = true;
+                    repairs.push(Repair::Remove(name));
                     damaged = true;
                     continue;
                 }
-                Err(HeaderError::Invalid) => {
+                // Newer versions were refused above.
+                Err(HeaderError::Invalid | HeaderError::NewerVersion(_)) => {
                     return Err(StoreError::Corrupt(format!(
                         "raft log segment {name} has an invalid header"
                     )));
@@ -391,7 +437,7 @@ impl<D: LogDisk> RaftLog<D> {
                             "truncating raft log at a torn or corrupt record"
                         );
                         dropped_bytes += (bytes.len() - offset) as u64;
-                        disk.truncate(&name, offset as u64)?;
+                        repairs.push(Repair::Truncate(name.clone(), offset as u64));
                         damaged = true;
                         break;
                     }
@@ -406,11 +452,21 @@ impl<D: LogDisk> RaftLog<D> {
                 durable: true,
             });
         }
-        if dir_changed {
-            disk.sync_dir()?;
-        }
         let mut recovered = replay.finish()?;
         recovered.dropped_bytes = dropped_bytes;
+        let mut removed_any = false;
+        for repair in repairs {
+            match repair {
+                Repair::Truncate(name, len_bytes) => disk.truncate(&name, len_bytes)?,
+                Repair::Remove(name) => {
+                    disk.remove(&name)?;
+                    removed_any = true;
+                }
+            }
+        }
+        if removed_any {
+            disk.sync_dir()?;
+        }
 
         let mut terms = TermRuns::default();
         for entry in &recovered.entries {
@@ -451,7 +507,7 @@ impl<D: LogDisk> RaftLog<D> {
     /// Starts a new active segment (created on disk at the next sync) with its
     /// header and a checkpoint of the metadata.
     fn start_segment(&mut self, seq: u64) {
-        let first_index = self.last_index + 1;
+        let first_index = self.last_index.saturating_add(1);
         let name = format::segment_name(seq, first_index);
         debug_assert!(
             self.buffer.is_empty(),
@@ -501,7 +557,7 @@ impl<D: LogDisk> RaftLog<D> {
         if !bytes.is_empty() || !self.active().created {
             self.sealed.push(SealedChunk { seq, bytes });
         }
-        self.start_segment(seq + 1);
+        self.start_segment(seq.saturating_add(1));
     }
 
     fn check_usable(&self) -> Result<(), StoreError> {
@@ -528,7 +584,7 @@ impl<D: LogDisk> RaftLog<D> {
                 first.index, self.snapshot_index
             )));
         }
-        if first.index > self.last_index + 1 {
+        if first.index > self.last_index.saturating_add(1) {
             return Err(misuse(format!(
                 "append at index {} leaves a gap after {}",
                 first.index, self.last_index
@@ -536,7 +592,7 @@ impl<D: LogDisk> RaftLog<D> {
         }
         let mut reserve_bytes = 0usize;
         for (i, entry) in entries.iter().enumerate() {
-            if entry.index != first.index + i as u64 {
+            if Some(entry.index) != first.index.checked_add(i as u64) {
                 return Err(misuse(format!(
                     "appended entries are not contiguous at index {}",
                     entry.index
@@ -666,46 +722,38 @@ impl<D: LogDisk> RaftLog<D> {
         }
     }
 
+    /// Writes the sealed chunks, then the active buffer, each followed by an
+    /// fdatasync. A segment created here has its directory entry fsynced before
+    /// the next segment is created, so that after a power cut at most the
+    /// newest segment's name can be missing, never one in the middle.
     fn write_and_sync(&mut self) -> std::io::Result<()> {
-        let mut created_any = false;
         let mut fsyncs = 0u64;
         let mut bytes_written = 0u64;
         let sealed = std::mem::take(&mut self.sealed);
         for chunk in &sealed {
-            let Some(segment) = self.segments.iter_mut().find(|s| s.seq == chunk.seq) else {
+            let Some(position) = self.segments.iter().position(|s| s.seq == chunk.seq) else {
                 debug_assert!(false, "a sealed chunk's segment is tracked until synced");
                 continue;
             };
-            if !segment.created {
-                self.disk.create(&segment.name)?;
-                segment.created = true;
-                created_any = true;
-                self.stats.segments_created += 1;
-            }
-            self.disk.append(&segment.name, &chunk.bytes)?;
-            self.disk.sync(&segment.name)?;
-            fsyncs += 1;
+            fsyncs += self.write_segment(position, &chunk.bytes)?;
             bytes_written += chunk.bytes.len() as u64;
         }
-        let Some(active) = self.segments.back_mut() else {
-            return Err(std::io::Error::other("raft log has no active segment"));
-        };
-        if !active.created {
-            self.disk.create(&active.name)?;
-            active.created = true;
-            created_any = true;
-            self.stats.segments_created += 1;
-        }
-        if !self.buffer.is_empty() {
-            self.disk.append(&active.name, &self.buffer)?;
-            self.disk.sync(&active.name)?;
-            fsyncs += 1;
-            bytes_written += self.buffer.len() as u64;
-            self.buffer.clear();
-        }
-        if created_any {
-            self.disk.sync_dir()?;
-            fsyncs += 1;
+        let active = self
+            .segments
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| std::io::Error::other("raft log has no active segment"))?;
+        let buffer = std::mem::take(&mut self.buffer);
+        let result = self.write_segment(active, &buffer);
+        // Keep the buffer's capacity for the next batch either way.
+        self.buffer = buffer;
+        fsyncs += result?;
+        bytes_written += self.buffer.len() as u64;
+        self.buffer.clear();
+        if self.buffer.capacity() > RETAINED_BUFFER_BYTES {
+            // One huge batch (a catching-up follower) must not pin its
+            // buffer for the life of the log.
+            self.buffer.shrink_to(RETAINED_BUFFER_BYTES);
         }
         for segment in self.segments.iter_mut() {
             segment.durable = segment.created;
@@ -722,6 +770,31 @@ impl<D: LogDisk> RaftLog<D> {
         Ok(())
     }
 
+    /// Creates the segment at `position` if needed, appends `bytes` and makes
+    /// both durable. Returns the number of fsync calls made.
+    fn write_segment(&mut self, position: usize, bytes: &[u8]) -> std::io::Result<u64> {
+        let Some(segment) = self.segments.get_mut(position) else {
+            return Err(std::io::Error::other("raft log segment vanished"));
+        };
+        let mut fsyncs = 0;
+        let created_now = !segment.created;
+        if created_now {
+            self.disk.create(&segment.name)?;
+            segment.created = true;
+            self.stats.segments_created += 1;
+        }
+        if !bytes.is_empty() {
+            self.disk.append(&segment.name, bytes)?;
+            self.disk.sync(&segment.name)?;
+            fsyncs += 1;
+        }
+        if created_now {
+            self.disk.sync_dir()?;
+            fsyncs += 1;
+        }
+        Ok(fsyncs)
+    }
+
     /// Removes whole segments whose entries are all at or below
     /// min(`upto_index`, the synced snapshot index). Never removes the active
     /// segment, nor one whose successor (holding the checkpoint that replaces
@@ -730,6 +803,7 @@ impl<D: LogDisk> RaftLog<D> {
         self.check_usable()?;
         let bound = upto_index.min(self.synced_snapshot_index);
         let mut removed = 0usize;
+        let mut result = Ok(());
         while self.segments.len() >= 2 {
             let (Some(oldest), Some(next)) = (self.segments.front(), self.segments.get(1)) else {
                 break;
@@ -737,18 +811,22 @@ impl<D: LogDisk> RaftLog<D> {
             if !oldest.durable || !next.durable || oldest.max_entry_index > bound {
                 break;
             }
-            let name = oldest.name.clone();
-            self.disk.remove(&name)?;
+            if let Err(e) = self.disk.remove(&oldest.name) {
+                result = Err(StoreError::Io(e));
+                break;
+            }
             self.segments.pop_front();
             removed += 1;
         }
         if removed > 0 {
+            // Even after a failed removal, the ones that went must not come
+            // back after a power cut while the log believes them gone.
             self.disk.sync_dir()?;
             self.stats.fsyncs += 1;
             self.stats.segments_removed += removed as u64;
             self.stats.live_segments = self.segments.len() as u64;
         }
-        Ok(removed)
+        result.map(|()| removed)
     }
 
     /// Counters since open.

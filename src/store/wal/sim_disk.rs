@@ -34,6 +34,8 @@ struct SimState {
     removed_volatile: BTreeMap<String, Vec<u8>>,
     last_written: Option<String>,
     fail_io: bool,
+    /// Mutating operations left before every operation starts failing.
+    ops_until_failure: Option<u64>,
     file_syncs: u64,
     dir_syncs: u64,
     power_cuts: u64,
@@ -102,7 +104,7 @@ impl SimDisk {
     }
 
     /// Simulates losing power: drops every unsynced byte and unsynced name
-    /// change; with a choice drawn from `seed`, the file written last keeps a
+    /// change, and ends failures injected by `set_fail_io`/`fail_after_ops`; with a choice drawn from `seed`, the file written last keeps a
     /// torn prefix of its unsynced bytes (possibly followed by garbage).
     ///
     /// A log open on this disk must be dropped and reopened afterwards, as a
@@ -111,6 +113,9 @@ impl SimDisk {
         let mut rng = SplitMix::new(seed);
         let mut state = self.lock();
         state.power_cuts += 1;
+        // The machine comes back up: injected failures end with the outage.
+        state.fail_io = false;
+        state.ops_until_failure = None;
         let last_written = state.last_written.take();
         let mut effect = PowerCutEffect::Clean;
         let mut torn: Option<(String, Vec<u8>)> = None;
@@ -170,6 +175,14 @@ impl SimDisk {
         self.lock().fail_io = fail;
     }
 
+    /// Lets `ops` more mutating operations (create, append, sync, truncate,
+    /// remove, directory sync) succeed, then fails every operation, as a
+    /// machine that lost power at that point would; follow with `power_cut`.
+    /// `None` lifts the limit (but not a failure already triggered).
+    pub fn fail_after_ops(&self, ops: Option<u64>) {
+        self.lock().ops_until_failure = ops;
+    }
+
     /// Names and current lengths (durable + unsynced) of all files.
     pub fn files(&self) -> Vec<(String, usize)> {
         self.lock()
@@ -225,6 +238,22 @@ fn not_found(name: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("no file {name}"))
 }
 
+/// Counts one mutating operation against `fail_after_ops`.
+fn check_mutation(state: &mut SimState) -> io::Result<()> {
+    check_io(state)?;
+    match state.ops_until_failure {
+        Some(0) => {
+            state.fail_io = true;
+            check_io(state)
+        }
+        Some(left) => {
+            state.ops_until_failure = Some(left - 1);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 fn check_io(state: &SimState) -> io::Result<()> {
     if state.fail_io {
         Err(io::Error::other("simulated I/O failure"))
@@ -251,7 +280,7 @@ impl LogDisk for SimDisk {
 
     fn create(&mut self, name: &str) -> io::Result<()> {
         let mut state = self.lock();
-        check_io(&state)?;
+        check_mutation(&mut state)?;
         if state.files.contains_key(name) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -264,7 +293,7 @@ impl LogDisk for SimDisk {
 
     fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let mut state = self.lock();
-        check_io(&state)?;
+        check_mutation(&mut state)?;
         let file = state.files.get_mut(name).ok_or_else(|| not_found(name))?;
         file.volatile.extend_from_slice(bytes);
         state.last_written = Some(name.to_string());
@@ -273,7 +302,7 @@ impl LogDisk for SimDisk {
 
     fn sync(&mut self, name: &str) -> io::Result<()> {
         let mut state = self.lock();
-        check_io(&state)?;
+        check_mutation(&mut state)?;
         let file = state.files.get_mut(name).ok_or_else(|| not_found(name))?;
         let volatile = std::mem::take(&mut file.volatile);
         file.durable.extend_from_slice(&volatile);
@@ -283,7 +312,7 @@ impl LogDisk for SimDisk {
 
     fn truncate(&mut self, name: &str, len_bytes: u64) -> io::Result<()> {
         let mut state = self.lock();
-        check_io(&state)?;
+        check_mutation(&mut state)?;
         let file = state.files.get_mut(name).ok_or_else(|| not_found(name))?;
         let volatile = std::mem::take(&mut file.volatile);
         file.durable.extend_from_slice(&volatile);
@@ -294,7 +323,7 @@ impl LogDisk for SimDisk {
 
     fn remove(&mut self, name: &str) -> io::Result<()> {
         let mut state = self.lock();
-        check_io(&state)?;
+        check_mutation(&mut state)?;
         let file = state.files.remove(name).ok_or_else(|| not_found(name))?;
         if file.name_durable {
             state
@@ -306,7 +335,7 @@ impl LogDisk for SimDisk {
 
     fn sync_dir(&mut self) -> io::Result<()> {
         let mut state = self.lock();
-        check_io(&state)?;
+        check_mutation(&mut state)?;
         for file in state.files.values_mut() {
             file.name_durable = true;
         }
