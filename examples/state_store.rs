@@ -30,6 +30,7 @@ fn setup_commands() -> Vec<Vec<u8>> {
             allowed_senders: vec![],
             retention_s: 0,
             enabled: true,
+            webhook_url: None,
         })
         .encode(),
         Command::BindOpened {

@@ -29,6 +29,7 @@ fn build_log(seed: u64, entries: usize) -> Vec<Vec<Vec<u8>>> {
             allowed_senders: vec![],
             retention_s: 0,
             enabled: true,
+            webhook_url: None,
         })
         .encode(),
         Command::NodeUp {

@@ -125,6 +125,9 @@ pub struct Account {
     /// How long finished messages are kept; 0 = the cluster default.
     pub retention_s: u64,
     pub enabled: bool,
+    /// Where DLRs and MOs go for an HTTP customer; with it, deliveries do not
+    /// wait for an SMPP receiver bind.
+    pub webhook_url: Option<String>,
 }
 
 /// An operator SMSC the appliance submits to.
@@ -227,8 +230,10 @@ pub enum Command {
     RemoveNumberRange {
         name: String,
     },
-    /// Retention: drop finished records received before `before_ms` (of one
-    /// account, or of all when `None`), and orphan receipts older than it.
+    /// Retention: drop finished messages and MOs received before `before_ms`
+    /// (of one account, or of all when `None`; their undelivered DLRs/MOs go
+    /// too), and, when `account` is `None`, orphan receipts done before it.
+    /// Unfinished messages stay until `Expire` finishes them.
     Purge {
         before_ms: u64,
         account: Option<String>,

@@ -11,13 +11,16 @@
 //! temporary name, fsynced, renamed into place, and the directory is fsynced;
 //! only then does `save_snapshot` return. On load, files that fail the checksum
 //! or do not parse are skipped, so a torn newest snapshot falls back to the
-//! previous one (the last `KEEP_SNAPSHOTS` are kept for that reason).
+//! previous one: a save keeps the snapshot it wrote plus the newest one known
+//! intact (written or loaded by this process), or the newest `KEEP_SNAPSHOTS`
+//! when none is known yet.
 //!
 //! File layout (little endian):
 //! `"TERNSNAP" | version u8 | index u64 | term u64 | conf_len u32 | state_len u64
 //!  | conf bytes | state bytes | crc32c u32 of everything before`.
 
 use crate::store::StoreError;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -168,6 +171,8 @@ pub struct LoadedSnapshot {
 /// Saves and loads durable state snapshots on a `SnapshotDisk`.
 pub struct PersistentState<D: SnapshotDisk> {
     disk: D,
+    /// Index of the newest snapshot this process wrote or loaded intact.
+    known_good: Cell<Option<u64>>,
 }
 
 fn file_name(index: u64) -> String {
@@ -246,12 +251,15 @@ fn decode(bytes: &[u8]) -> Result<LoadedSnapshot, String> {
 
 impl<D: SnapshotDisk> PersistentState<D> {
     pub fn new(disk: D) -> PersistentState<D> {
-        PersistentState { disk }
+        PersistentState {
+            disk,
+            known_good: Cell::new(None),
+        }
     }
 
     /// Writes the snapshot durably (returns only after fsync of the file and
-    /// its directory), then removes snapshots older than the last
-    /// `KEEP_SNAPSHOTS`. Compacting the raft log up to `index` is safe once
+    /// its directory), then removes all other snapshots but one fallback (see
+    /// the module header). Compacting the raft log up to `index` is safe once
     /// this returns `Ok`.
     pub fn save_snapshot(
         &mut self,
@@ -262,10 +270,29 @@ impl<D: SnapshotDisk> PersistentState<D> {
     ) -> Result<(), StoreError> {
         let bytes = encode(index, term, conf_state, state)?;
         self.disk.write_durable(&file_name(index), &bytes)?;
+        let fallback = self.known_good.replace(Some(index));
         let mut indexes = self.snapshot_indexes()?;
         indexes.sort_unstable_by(|a, b| b.cmp(a));
-        for old in indexes.iter().skip(KEEP_SNAPSHOTS) {
-            self.disk.remove(&file_name(*old))?;
+        let doomed: Vec<u64> = match fallback {
+            // Keep the fallback even if newer (damaged) files exist.
+            Some(good) => indexes
+                .into_iter()
+                .filter(|i| *i != index && *i != good)
+                .collect(),
+            None => indexes.into_iter().skip(KEEP_SNAPSHOTS).collect(),
+        };
+        for old in doomed {
+            self.disk.remove(&file_name(old))?;
+        }
+        // Temporaries left by a crash mid-write are as large as a snapshot.
+        let stray: Vec<String> = self
+            .disk
+            .list()?
+            .into_iter()
+            .filter(|n| n.starts_with(NAME_PREFIX) && n.ends_with(".tmp"))
+            .collect();
+        for name in stray {
+            self.disk.remove(&name)?;
         }
         Ok(())
     }
@@ -279,7 +306,10 @@ impl<D: SnapshotDisk> PersistentState<D> {
             let name = file_name(index);
             let bytes = self.disk.read(&name)?;
             match decode(&bytes) {
-                Ok(snapshot) if snapshot.index == index => return Ok(Some(snapshot)),
+                Ok(snapshot) if snapshot.index == index => {
+                    self.known_good.set(Some(index));
+                    return Ok(Some(snapshot));
+                }
                 Ok(snapshot) => tracing::warn!(
                     file = %name,
                     inner_index = snapshot.index,
@@ -325,6 +355,7 @@ mod tests {
             allowed_senders: vec![],
             retention_s: 0,
             enabled: true,
+            webhook_url: None,
         })
         .encode();
         state.apply(index, &[command.as_slice()]);
@@ -406,10 +437,16 @@ mod tests {
         std::fs::write(dir.path().join(format!("{}.tmp", file_name(9))), b"half").unwrap();
         let good = std::fs::read(dir.path().join(file_name(7))).unwrap();
         std::fs::write(dir.path().join(file_name(8)), &good[..good.len() / 2]).unwrap();
-        let reopened = PersistentState::new(FsSnapshotDisk::open(dir.path()).unwrap());
+        let mut reopened = PersistentState::new(FsSnapshotDisk::open(dir.path()).unwrap());
         assert_eq!(restored(&reopened).applied_index(), 7);
         // A file renamed to the wrong index is not trusted either.
         std::fs::write(dir.path().join(file_name(8)), &good).unwrap();
         assert_eq!(restored(&reopened).applied_index(), 7);
+        // The next save prunes the damaged file and the stray temporary.
+        save(&mut reopened, &state_at(10, "a"));
+        let mut names = reopened.disk().list().unwrap();
+        names.sort();
+        assert_eq!(names, vec![file_name(7), file_name(10)]);
+        assert_eq!(restored(&reopened).applied_index(), 10);
     }
 }

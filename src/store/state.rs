@@ -245,6 +245,8 @@ struct Indexes {
     binds_by_account: BTreeMap<String, BTreeSet<(NodeId, u64)>>,
     orphan_order: BTreeSet<(u64, String, String)>,
     messages_by_received: BTreeSet<(u64, MessageId)>,
+    /// Unfinished messages with a validity, by the time they expire.
+    open_by_validity: BTreeSet<(u64, MessageId)>,
     mos_by_received: BTreeSet<(u64, MessageId)>,
 }
 
@@ -266,6 +268,11 @@ impl Indexes {
             }
             ix.messages_by_received
                 .insert((message.accept.received_at_ms, *id));
+            if let (false, Some(until_ms)) =
+                (message.state.is_final(), message.accept.validity_until_ms)
+            {
+                ix.open_by_validity.insert((until_ms, *id));
+            }
         }
         for (id, mo) in &core.mos {
             ix.mos_by_received.insert((mo.mo.received_at_ms, *id));
@@ -289,20 +296,12 @@ impl Indexes {
     }
 
     fn add_pending(&mut self, id: MessageId, pending: &PendingDelivery) {
-        self.pending_by_account
-            .entry(pending.account.clone())
-            .or_default()
-            .insert(id);
+        insert_into(&mut self.pending_by_account, &pending.account, id);
         match pending.target {
             Some(node) => {
                 self.deliveries_by_node.entry(node).or_default().insert(id);
             }
-            None => {
-                self.waiting_by_account
-                    .entry(pending.account.clone())
-                    .or_default()
-                    .insert(id);
-            }
+            None => insert_into(&mut self.waiting_by_account, &pending.account, id),
         }
     }
 
@@ -311,6 +310,18 @@ impl Indexes {
         match pending.target {
             Some(node) => remove_from(&mut self.deliveries_by_node, &node, &id),
             None => remove_from(&mut self.waiting_by_account, &pending.account, &id),
+        }
+    }
+}
+
+/// Adds `id` to the set at `account`, allocating the key only for a new set.
+fn insert_into(map: &mut BTreeMap<String, BTreeSet<MessageId>>, account: &str, id: MessageId) {
+    match map.get_mut(account) {
+        Some(set) => {
+            set.insert(id);
+        }
+        None => {
+            map.insert(account.to_string(), BTreeSet::from([id]));
         }
     }
 }
@@ -331,11 +342,34 @@ where
     }
 }
 
+/// Work that an applied command handed to a node. Derived from apply (the
+/// same on every replica) but consumed node-locally: each node's driver drains
+/// them after apply and acts on those naming itself, instead of rescanning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// `node` is to submit message `id` upstream (accepted, handed over, or
+    /// to be retried at the message's `retry_at_ms`).
+    Dispatch { id: MessageId, node: NodeId },
+    /// `node` is to send delivery `id` (a DLR or an MO) to its account.
+    Deliver {
+        id: MessageId,
+        node: NodeId,
+        kind: DeliveryKind,
+    },
+}
+
+/// Effects kept until drained; beyond this the oldest are dropped and the
+/// consumer is told to rescan (`owned_unsubmitted`, `deliveries_for_node`).
+pub const MAX_BUFFERED_EFFECTS: usize = 1 << 20;
+
 /// The deterministic state machine of the appliance.
 #[derive(Debug, Default)]
 pub struct AppState {
     core: Core,
     ix: Indexes,
+    /// Not part of the replicated state: never read by apply, not in snapshots.
+    effects: Vec<Effect>,
+    effects_lost: bool,
 }
 
 fn snapshot_codec() -> impl Options {
@@ -422,6 +456,15 @@ impl AppState {
             .range(..(before_ms, min_id()))
             .filter_map(|(_, id)| self.core.messages.get(id))
             .filter(|m| m.state.is_final())
+    }
+
+    /// Unfinished messages whose validity ends at or before `now_ms`, soonest
+    /// first: what the leader proposes `Expire` for.
+    pub fn expired_by(&self, now_ms: u64) -> impl Iterator<Item = &Message> + '_ {
+        self.ix
+            .open_by_validity
+            .range(..=(now_ms, max_id()))
+            .filter_map(|(_, id)| self.core.messages.get(id))
     }
 
     pub fn account(&self, name: &str) -> Option<&Account> {
@@ -541,6 +584,24 @@ impl AppState {
             .is_some_and(|m| m.contains_key(upstream_id))
     }
 
+    /// Moves the effects of everything applied since the last call into
+    /// `out` (appending). Returns `false` if some were dropped (buffer full or
+    /// state restored): the consumer must then rescan `owned_unsubmitted` and
+    /// `deliveries_for_node` for its node.
+    pub fn drain_effects(&mut self, out: &mut Vec<Effect>) -> bool {
+        out.append(&mut self.effects);
+        !std::mem::take(&mut self.effects_lost)
+    }
+
+    fn emit(&mut self, effect: Effect) {
+        if self.effects.len() >= MAX_BUFFERED_EFFECTS {
+            // Undrained for long: drop the buffer, not the process.
+            self.effects.clear();
+            self.effects_lost = true;
+        }
+        self.effects.push(effect);
+    }
+
     // ----- apply -----
 
     /// Applies one command. Deterministic: reads only `self` and `command`.
@@ -575,7 +636,10 @@ impl AppState {
             Command::NodeUp { node, incarnation } => self.apply_node_up(node, incarnation),
             Command::NodeDown { node } => self.apply_node_down(node),
             Command::UpsertAccount(account) => {
-                self.core.accounts.insert(account.name.clone(), account);
+                let name = account.name.clone();
+                self.core.accounts.insert(name.clone(), account);
+                // A webhook added to an account lets its waiting deliveries go.
+                self.retarget_waiting(&name);
                 ApplyOutcome::Applied
             }
             Command::RemoveAccount { name } => removed(self.core.accounts.remove(&name)),
@@ -631,6 +695,10 @@ impl AppState {
         self.ix
             .messages_by_received
             .insert((accept.received_at_ms, id));
+        if let Some(until_ms) = accept.validity_until_ms {
+            self.ix.open_by_validity.insert((until_ms, id));
+        }
+        self.emit(Effect::Dispatch { id, node: owner });
         self.core.messages.insert(
             id,
             Message {
@@ -695,12 +763,16 @@ impl AppState {
         {
             self.core.orphans.remove(&connector);
         }
+        if !self.ix.by_upstream.contains_key(connector.as_str()) {
+            self.ix
+                .by_upstream
+                .insert(connector.clone(), BTreeMap::new());
+        }
         let previous = self
             .ix
             .by_upstream
-            .entry(connector.clone())
-            .or_default()
-            .insert(upstream_id.clone(), id);
+            .get_mut(connector.as_str())
+            .and_then(|by_id| by_id.insert(upstream_id.clone(), id));
         // An operator reusing an id: the newest submission owns it, and the
         // older message forgets it, so the index stays derivable from records.
         if let Some(previous) = previous.filter(|p| *p != id) {
@@ -740,12 +812,15 @@ impl AppState {
         message.last_status = status;
         if permanent {
             message.state = MessageState::Failed;
+            forget_validity(&mut self.ix, message);
             message.done_at_ms = Some(at_ms);
             message.retry_at_ms = None;
             remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
             self.queue_dlr_if_wanted(id);
         } else {
             message.retry_at_ms = retry_at_ms;
+            let node = message.owner;
+            self.emit(Effect::Dispatch { id, node });
         }
         ApplyOutcome::Applied
     }
@@ -820,6 +895,7 @@ impl AppState {
         message.receipt_err = receipt.err;
         message.receipt_raw.clone_from(&receipt.raw);
         if new_state.is_final() {
+            forget_validity(&mut self.ix, message);
             message.done_at_ms = Some(receipt.done_at_ms);
             self.queue_dlr_if_wanted(id);
         }
@@ -848,6 +924,13 @@ impl AppState {
     }
 
     fn insert_pending(&mut self, id: MessageId, pending: PendingDelivery) {
+        if let Some(node) = pending.target {
+            self.emit(Effect::Deliver {
+                id,
+                node,
+                kind: pending.kind,
+            });
+        }
         self.ix.add_pending(id, &pending);
         self.core.pending.insert(id, pending);
     }
@@ -928,6 +1011,7 @@ impl AppState {
             remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
         }
         message.state = MessageState::Expired;
+        forget_validity(&mut self.ix, message);
         message.done_at_ms = Some(at_ms);
         message.retry_at_ms = None;
         self.queue_dlr_if_wanted(id);
@@ -976,15 +1060,7 @@ impl AppState {
             },
         );
         if kind.receives() {
-            let waiting: Vec<MessageId> = self
-                .ix
-                .waiting_by_account
-                .get(&account)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
-            for id in waiting {
-                self.retarget(id);
-            }
+            self.retarget_waiting(&account);
         }
         ApplyOutcome::Applied
     }
@@ -1040,6 +1116,22 @@ impl AppState {
         // one (it restarted before anyone declared it down) are gone.
         self.drop_node_binds(node);
         self.hand_over_from_down_nodes();
+        // Webhook deliveries wait only while no node is up; one is now.
+        let webhook_accounts: Vec<String> = self
+            .ix
+            .waiting_by_account
+            .keys()
+            .filter(|a| {
+                self.core
+                    .accounts
+                    .get(a.as_str())
+                    .is_some_and(|acc| acc.webhook_url.is_some())
+            })
+            .cloned()
+            .collect();
+        for account in webhook_accounts {
+            self.retarget_waiting(&account);
+        }
         ApplyOutcome::Applied
     }
 
@@ -1107,6 +1199,10 @@ impl AppState {
                         .or_default()
                         .insert(id);
                     self.core.counters.handed_over += 1;
+                    self.emit(Effect::Dispatch {
+                        id,
+                        node: new_owner,
+                    });
                 }
             }
         }
@@ -1230,10 +1326,44 @@ impl AppState {
         };
         let count = candidates().count();
         if count == 0 {
-            return None;
+            // An HTTP customer receives by webhook: any live node can send it.
+            let has_webhook = self
+                .core
+                .accounts
+                .get(account)
+                .is_some_and(|a| a.webhook_url.is_some());
+            return if has_webhook {
+                self.pick_live_node(id)
+            } else {
+                None
+            };
         }
         candidates().nth((id.stable_hash() % count as u64) as usize)
     }
+
+    /// Gives waiting deliveries of `account` a target if one exists now.
+    fn retarget_waiting(&mut self, account: &str) {
+        let waiting: Vec<MessageId> = self
+            .ix
+            .waiting_by_account
+            .get(account)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in waiting {
+            self.retarget(id);
+        }
+    }
+}
+
+fn forget_validity(ix: &mut Indexes, message: &Message) {
+    if let Some(until_ms) = message.accept.validity_until_ms {
+        ix.open_by_validity.remove(&(until_ms, message.id()));
+    }
+}
+
+fn max_id() -> MessageId {
+    MessageId::from_parts(u32::MAX, 0xFFFF, u8::MAX, (1 << 44) - 1)
+        .unwrap_or_else(|| unreachable!("the largest id fits"))
 }
 
 fn min_id() -> MessageId {
@@ -1317,6 +1447,9 @@ impl StateMachine for AppState {
             )));
         }
         self.ix = Indexes::build(&core);
+        // Work handed out before the restore may be stale; consumers rescan.
+        self.effects.clear();
+        self.effects_lost = true;
         self.core = core;
         Ok(())
     }
@@ -1339,6 +1472,7 @@ mod tests {
             allowed_senders: vec![],
             retention_s: 0,
             enabled: true,
+            webhook_url: None,
         }
     }
 
@@ -1463,6 +1597,68 @@ mod tests {
             state.message(&id(1)).unwrap().state,
             MessageState::Delivered
         );
+    }
+
+    #[test]
+    fn effects_name_the_node_that_must_act() {
+        let mut state = with_account();
+        let mut effects = Vec::new();
+        run(
+            &mut state,
+            &[
+                Command::NodeUp {
+                    node: 1,
+                    incarnation: 1,
+                },
+                Command::NodeUp {
+                    node: 2,
+                    incarnation: 1,
+                },
+                bind(1, 1, BindKind::Receiver),
+                accept(1, 2, 1),
+            ],
+        );
+        assert!(state.drain_effects(&mut effects));
+        assert_eq!(effects, vec![Effect::Dispatch { id: id(1), node: 2 }]);
+        effects.clear();
+        run(
+            &mut state,
+            &[
+                Command::SubmitFailed {
+                    id: id(1),
+                    status: 0x58,
+                    permanent: false,
+                    at_ms: 1,
+                    retry_at_ms: Some(2),
+                },
+                Command::NodeDown { node: 2 },
+                submitted(1, "E"),
+                receipt("E", 2),
+            ],
+        );
+        assert!(state.drain_effects(&mut effects));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::Dispatch { id: id(1), node: 2 },
+                Effect::Dispatch { id: id(1), node: 1 },
+                Effect::Deliver {
+                    id: id(1),
+                    node: 1,
+                    kind: DeliveryKind::Dlr
+                },
+            ]
+        );
+        effects.clear();
+        assert!(state.drain_effects(&mut effects) && effects.is_empty());
+        let snapshot = state.snapshot();
+        let index = state.applied_index();
+        state.restore(index, &snapshot).unwrap();
+        assert!(
+            !state.drain_effects(&mut effects),
+            "a restore asks for a rescan"
+        );
+        assert!(state.drain_effects(&mut effects));
     }
 
     #[test]
@@ -1629,6 +1825,9 @@ mod tests {
         );
         assert_eq!(state.message(&id(2)).unwrap().state, MessageState::Failed);
         assert_eq!(state.message(&id(3)).unwrap().state, MessageState::Expired);
+        assert_eq!(state.expired_by(9_999).count(), 0);
+        let due: Vec<_> = state.expired_by(10_000).map(|m| m.id()).collect();
+        assert_eq!(due, vec![id(1)], "only the unfinished message is due");
         let owned: Vec<_> = state.owned_unsubmitted(1).map(|m| m.id()).collect();
         assert_eq!(owned, vec![id(1)]);
         // registered_delivery 2 = failures only; 1 = any final state.
@@ -1752,6 +1951,40 @@ mod tests {
         );
         assert_eq!(state.bind_count(), 0);
         assert_eq!(state.pending_delivery(&id(1)).unwrap().target, None);
+    }
+
+    #[test]
+    fn webhook_accounts_do_not_wait_for_binds() {
+        let mut state = with_account();
+        run(
+            &mut state,
+            &[accept(1, 1, 1), submitted(1, "W"), receipt("W", 2)],
+        );
+        assert_eq!(state.pending_delivery(&id(1)).unwrap().target, None);
+        let mut http = account("acme");
+        http.webhook_url = Some("https://hooks.example/dlr".into());
+        run(
+            &mut state,
+            &[
+                Command::UpsertAccount(http),
+                Command::NodeUp {
+                    node: 1,
+                    incarnation: 1,
+                },
+            ],
+        );
+        assert_eq!(state.pending_delivery(&id(1)).unwrap().target, Some(1));
+        run(
+            &mut state,
+            &[
+                Command::NodeUp {
+                    node: 2,
+                    incarnation: 1,
+                },
+                Command::NodeDown { node: 1 },
+            ],
+        );
+        assert_eq!(state.pending_delivery(&id(1)).unwrap().target, Some(2));
     }
 
     #[test]
@@ -1957,6 +2190,29 @@ mod tests {
             1 => (node.clone(), 1u32..4).prop_map(|(node, incarnation)| Command::NodeUp { node, incarnation }),
             1 => node.prop_map(|node| Command::NodeDown { node }),
             1 => (900u64..1_020).prop_map(|before_ms| Command::Purge { before_ms, account: None }),
+            1 => (any::<bool>(), 0u32..3).prop_map(|(webhook, max_binds)| {
+                let mut a = account("acme");
+                a.max_binds = max_binds;
+                a.webhook_url = webhook.then(|| "https://hooks.example".to_string());
+                Command::UpsertAccount(a)
+            }),
+            1 => (counter.clone(), 0u8..2).prop_map(|(c, range)| Command::MoReceived(MoReceived {
+                id: MessageId::from_parts(2, 1, 0, c).unwrap(),
+                connector: "op1".into(),
+                source: Address { ton: 1, npi: 1, digits: "4477".into() },
+                destination: Address { ton: 0, npi: 0, digits: ["8822", "99"][usize::from(range)].into() },
+                data_coding: 0,
+                esm_class: 0,
+                payload: vec![],
+                segment: None,
+                received_at_ms: 990 + c,
+            })),
+            1 => counter.clone().prop_map(|c| Command::MoDelivered { id: MessageId::from_parts(2, 1, 0, c).unwrap() }),
+            1 => Just(Command::UpsertNumberRange(NumberRange {
+                name: "kw".into(),
+                prefix: "88".into(),
+                account: "acme".into(),
+            })),
         ]
     }
 
@@ -1975,7 +2231,8 @@ mod tests {
             // entries (the batching differs between leaders, the log does not).
             let encoded: Vec<Vec<u8>> = commands.iter().map(Command::encode).collect();
             let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
-            let split = split.min(slices.len());
+            // One command fits only one entry: the second entry needs its own index.
+            let split = if slices.len() == 1 { 1 } else { split.min(slices.len()) };
             let mut second_out = second.apply(2, &slices[..split]);
             second_out.extend(second.apply(first.applied_index(), &slices[split..]));
             prop_assert_eq!(&first_out, &second_out);
@@ -2010,6 +2267,7 @@ mod snapshot_fixture {
                 allowed_senders: vec![],
                 retention_s: 86_400,
                 enabled: true,
+                webhook_url: None,
             }),
             Command::NodeUp {
                 node: 2,
@@ -2059,7 +2317,7 @@ mod snapshot_fixture {
          01fd00e608c09a01000002020301000001036f703104414231320701090000000100000000100020\
          3000000000040461636d6500010201036f703101054541524c59036f7031054541524c5905010900\
          00010102050461636d650101020101010461636d650461636d6501680464010a31302e302e302e30\
-         2f3800fc8051010001000000000001000000000000";
+         2f3800fc805101000100000000000001000000000000";
 
     #[test]
     fn committed_v1_snapshot_still_restores() {
