@@ -48,6 +48,7 @@ fn steady_state() {
     let reports = run_all(Scenario::Steady);
     for r in &reports {
         assert!(r.commands_acked > 100, "too little progress: {r:?}");
+        assert!(r.app_accounts > 0, "AppState received nothing: {r:?}");
         assert_eq!(r.final_voters, vec![1, 2, 3]);
     }
     // Group commit: several commands share one entry on average.

@@ -142,15 +142,40 @@ impl LogStart {
     }
 
     /// A brand-new node of a new cluster whose initial voters are `voters`.
+    ///
+    /// The membership is written as log entries (one AddNode per voter, term
+    /// 1, identical on every bootstrapping node), not only as a conf state: a
+    /// node that joins later and replays the log from index 1 must rebuild the
+    /// same configuration. The hard state stays empty, which tells the core
+    /// that these entries are not on disk yet; it hands them to the driver in
+    /// its first [`Actions`], and they commit with the first leader's entry.
+    ///
     /// A node that joins an existing cluster starts from an empty `LogStart`
-    /// instead and learns its configuration from the leader.
+    /// instead and learns everything from the leader.
     pub fn bootstrap(voters: &[u64]) -> Self {
         let conf_state = ConfState {
             voters: voters.to_vec(),
             ..ConfState::default()
         };
+        let entries = (1u64..)
+            .zip(voters)
+            .map(|(index, id)| {
+                let data = single_change(*id, ConfChangeType::AddNode)
+                    .write_to_bytes()
+                    .expect("a ConfChangeV2 always encodes");
+                let mut entry = Entry {
+                    term: 1,
+                    index,
+                    data: data.into(),
+                    ..Entry::default()
+                };
+                entry.set_entry_type(EntryType::EntryConfChangeV2);
+                entry
+            })
+            .collect();
         LogStart {
             conf_state,
+            entries,
             ..LogStart::default()
         }
     }
@@ -173,6 +198,9 @@ pub enum RetryReason {
     Busy,
     /// A snapshot replaced the log that the proposal was waiting in.
     SnapshotInstalled,
+    /// The command alone exceeds `max_batch_bytes`; proposing it again fails
+    /// the same way.
+    TooLarge,
 }
 
 /// The outcome of one proposal made on this node.
@@ -573,6 +601,8 @@ pub struct RaftCore<SM: StateMachine> {
     unreported_conf_state: Option<ConfState>,
     /// Snapshot metadata to hand the driver at the next ready (start-up repair).
     unreported_install: Option<SnapshotMetadata>,
+    /// Entries the core started with that may not be on disk (bootstrap).
+    unreported_entries: Vec<Entry>,
     metrics: CoreMetrics,
 }
 
@@ -609,10 +639,21 @@ impl<SM: StateMachine> RaftCore<SM> {
             )));
         }
         // The commit index is persisted lazily; what the state machine applied
-        // was certainly committed.
+        // was certainly committed. It never exceeds the log (raft-rs would
+        // panic): lowering it is always safe, the leader repeats it.
         if log.hard_state.commit < state_applied {
             log.hard_state.commit = state_applied;
         }
+        if log.hard_state.commit > log.last() {
+            log.hard_state.commit = log.last();
+        }
+        // Entries with a never-written hard state come from `bootstrap` (or a
+        // log whose hard state record was torn off): write them (again).
+        let unreported_entries = if log.hard_state.term == 0 {
+            log.entries.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
         let applied = state_applied.max(log.snapshot_index);
         let raft_config = raft::Config {
             id: config.id,
@@ -651,6 +692,7 @@ impl<SM: StateMachine> RaftCore<SM> {
             promotions: Vec::new(),
             unreported_conf_state: (initial_conf != ConfState::default()).then_some(initial_conf),
             unreported_install,
+            unreported_entries,
             metrics: CoreMetrics::default(),
             config,
         };
@@ -671,12 +713,23 @@ impl<SM: StateMachine> RaftCore<SM> {
             self.retry_one(request_id, RetryReason::Busy);
             return;
         }
-        let Ok(len) = u32::try_from(command.len()) else {
-            self.retry_one(request_id, RetryReason::Dropped);
+        let record_bytes = RECORD_HEADER_BYTES + command.len();
+        let Some(len) = u32::try_from(command.len())
+            .ok()
+            .filter(|_| ENVELOPE_HEADER_BYTES + record_bytes <= self.config.max_batch_bytes)
+        else {
+            self.retry_one(request_id, RetryReason::TooLarge);
             return;
         };
+        // Seal first rather than overflow: an entry never exceeds the limit.
+        if !self.open_batch.is_empty()
+            && self.open_batch.len() + record_bytes > self.config.max_batch_bytes
+        {
+            self.seal_batch();
+        }
         if self.open_batch.is_empty() {
-            self.open_batch.reserve(ENVELOPE_HEADER_BYTES);
+            self.open_batch
+                .reserve(ENVELOPE_HEADER_BYTES + record_bytes);
             self.open_batch.push(ENVELOPE_VERSION);
             self.open_batch
                 .extend_from_slice(&self.config.id.to_le_bytes());
@@ -690,9 +743,6 @@ impl<SM: StateMachine> RaftCore<SM> {
         self.open_batch.extend_from_slice(&len.to_le_bytes());
         self.open_batch.extend_from_slice(command);
         self.open_request_ids.push(request_id);
-        if self.open_batch.len() >= self.config.max_batch_bytes {
-            self.seal_batch();
-        }
     }
 
     /// Feeds a message from a peer. Messages raft rejects (unknown peer,
@@ -700,7 +750,7 @@ impl<SM: StateMachine> RaftCore<SM> {
     pub fn step(&mut self, message: Message) {
         // raft-rs steps an unknown sender's non-response message as well; a
         // message whose sender is this node itself can only be forged or looped.
-        if message.from == self.config.id {
+        if message.from == self.config.id || message.to != self.config.id {
             return;
         }
         let _ = self.raw.step(message);
@@ -820,6 +870,7 @@ impl<SM: StateMachine> RaftCore<SM> {
             || self.raw.store().snapshot_wanted.get()
             || self.unreported_conf_state.is_some()
             || self.unreported_install.is_some()
+            || !self.unreported_entries.is_empty()
             || self.leadership_changed()
             || self.raw.has_ready()
     }
@@ -836,8 +887,10 @@ impl<SM: StateMachine> RaftCore<SM> {
         }
         let mut actions = Actions {
             installed_snapshot: self.unreported_install.take(),
+            entries: std::mem::take(&mut self.unreported_entries),
             ..Actions::default()
         };
+        actions.must_sync = !actions.entries.is_empty();
         if self.raw.has_ready() {
             let mut rd = self.raw.ready();
             actions.number = rd.number();
@@ -851,12 +904,16 @@ impl<SM: StateMachine> RaftCore<SM> {
             };
             let entries = rd.take_entries();
             self.raw.mut_store().append(&entries);
-            actions.entries = entries;
+            if installed.is_some() {
+                // The snapshot supersedes whatever was still unreported.
+                actions.entries.clear();
+            }
+            actions.entries.extend(entries);
             if let Some(hs) = rd.hs() {
                 self.raw.mut_store().hard_state = hs.clone();
                 actions.hard_state = Some(hs.clone());
             }
-            actions.must_sync = rd.must_sync();
+            actions.must_sync |= rd.must_sync();
             actions.persisted_messages = rd.take_persisted_messages();
             let committed = rd.take_committed_entries();
             self.raw.advance_append_async(rd);
@@ -974,8 +1031,11 @@ impl<SM: StateMachine> RaftCore<SM> {
         let count = self.open_request_ids.len() as u32;
         self.open_batch[ENVELOPE_COUNT_OFFSET..ENVELOPE_HEADER_BYTES]
             .copy_from_slice(&count.to_le_bytes());
-        let capacity = self.open_batch.capacity();
-        let data = std::mem::replace(&mut self.open_batch, Vec::with_capacity(capacity));
+        // The next batch starts at this one's size: entries keep their
+        // buffer's spare capacity, so reserving the high-water mark for every
+        // batch would pin memory in the in-memory log.
+        let next_capacity = self.open_batch.len();
+        let data = std::mem::replace(&mut self.open_batch, Vec::with_capacity(next_capacity));
         let request_ids = std::mem::take(&mut self.open_request_ids);
         let seq = self.next_batch_seq;
         self.next_batch_seq += 1;
@@ -1232,8 +1292,39 @@ mod tests {
         }
     }
 
+    /// Counts commands only; for measuring the core, not the state machine.
+    #[derive(Default)]
+    struct Counter {
+        applied: u64,
+        commands: u64,
+    }
+
+    impl StateMachine for Counter {
+        type Output = u64;
+        fn apply(&mut self, index: u64, commands: &[&[u8]]) -> Vec<u64> {
+            self.applied = index;
+            commands
+                .iter()
+                .map(|_| {
+                    self.commands += 1;
+                    self.commands
+                })
+                .collect()
+        }
+        fn applied_index(&self) -> u64 {
+            self.applied
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            self.commands.to_le_bytes().to_vec()
+        }
+        fn restore(&mut self, index: u64, _snapshot: &[u8]) -> Result<(), StoreError> {
+            self.applied = index;
+            Ok(())
+        }
+    }
+
     /// Runs a single voter: every ready is "synced" at once.
-    fn settle(core: &mut RaftCore<Recorder>, replies: &mut Vec<Reply<usize>>) {
+    fn settle<SM: StateMachine>(core: &mut RaftCore<SM>, replies: &mut Vec<Reply<SM::Output>>) {
         for _ in 0..20 {
             if !core.has_ready() {
                 return;
@@ -1246,12 +1337,12 @@ mod tests {
     }
 
     fn single_voter() -> RaftCore<Recorder> {
-        let mut core = RaftCore::new(
-            CoreConfig::new(1, 7),
-            LogStart::bootstrap(&[1]),
-            Recorder::default(),
-        )
-        .expect("valid start");
+        single_voter_with(Recorder::default())
+    }
+
+    fn single_voter_with<SM: StateMachine>(sm: SM) -> RaftCore<SM> {
+        let mut core = RaftCore::new(CoreConfig::new(1, 7), LogStart::bootstrap(&[1]), sm)
+            .expect("valid start");
         core.campaign().expect("campaign");
         let mut replies = Vec::new();
         settle(&mut core, &mut replies);
@@ -1397,6 +1488,182 @@ mod tests {
             .entries(2, 3, None, GetEntriesContext::empty(false))
             .expect("in range");
         assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn oversized_command_is_refused_and_batches_stay_under_the_limit() {
+        let mut config = CoreConfig::new(1, 1);
+        config.max_batch_bytes = 200;
+        let mut core = RaftCore::new(config, LogStart::bootstrap(&[1]), Recorder::default())
+            .expect("valid start");
+        core.campaign().expect("campaign");
+        let mut replies = Vec::new();
+        settle(&mut core, &mut replies);
+        core.propose(1, &[0u8; 200]);
+        for id in 2..12 {
+            core.propose(id, &[7u8; 50]);
+        }
+        let actions = core.ready().expect("ready");
+        assert_eq!(
+            actions.replies,
+            vec![Reply {
+                request_id: 1,
+                result: ProposalResult::Retry(RetryReason::TooLarge)
+            }]
+        );
+        let batches: Vec<&Entry> = actions
+            .entries
+            .iter()
+            .filter(|e| !e.data.is_empty())
+            .collect();
+        assert!(
+            batches.len() >= 4,
+            "ten 62-byte records cannot share a 200-byte entry"
+        );
+        assert!(batches.iter().all(|e| e.data.len() <= 200));
+    }
+
+    /// Delivers every message between in-memory cores until quiet.
+    fn route(cores: &mut [RaftCore<Recorder>], replies: &mut Vec<(u64, Reply<usize>)>) {
+        for _ in 0..200 {
+            let mut mail = Vec::new();
+            for core in cores.iter_mut() {
+                while core.has_ready() {
+                    let actions = core.ready().expect("ready");
+                    mail.extend(actions.messages);
+                    mail.extend(actions.persisted_messages);
+                    replies.extend(actions.replies.into_iter().map(|r| (core.id(), r)));
+                    core.persisted(actions.number);
+                }
+            }
+            if mail.is_empty() {
+                return;
+            }
+            for message in mail {
+                if let Some(core) = cores.iter_mut().find(|c| c.id() == message.to) {
+                    core.step(message);
+                }
+            }
+        }
+        panic!("cluster did not go quiet");
+    }
+
+    #[test]
+    fn a_new_term_answers_every_pending_proposal_with_retry() {
+        let mut cores: Vec<RaftCore<Recorder>> = (1..=3)
+            .map(|id| {
+                // No leader lease, so that node 3 can win an election at once.
+                let mut config = CoreConfig::new(id, 1);
+                config.check_quorum = false;
+                config.pre_vote = false;
+                RaftCore::new(config, LogStart::bootstrap(&[1, 2, 3]), Recorder::default())
+                    .expect("valid start")
+            })
+            .collect();
+        let mut replies = Vec::new();
+        cores[0].campaign().expect("campaign");
+        route(&mut cores, &mut replies);
+        assert!(cores[0].is_leader());
+        // Follower 2 forwards, leader 1 proposes; neither message is routed.
+        cores[1].propose(21, b"via follower");
+        cores[0].propose(11, b"at leader");
+        for core in cores.iter_mut() {
+            let actions = core.ready().expect("ready");
+            core.persisted(actions.number);
+        }
+        // Node 3 takes over at a higher term before anything was delivered.
+        cores[2].campaign().expect("campaign");
+        route(&mut cores, &mut replies);
+        assert!(cores[2].is_leader());
+        let mut answered: Vec<(u64, u64, ProposalResult<usize>)> = replies
+            .into_iter()
+            .map(|(node, r)| (node, r.request_id, r.result))
+            .collect();
+        answered.sort_by_key(|(node, id, _)| (*node, *id));
+        assert_eq!(
+            answered,
+            vec![
+                (1, 11, ProposalResult::Retry(RetryReason::LeaderChanged)),
+                (2, 21, ProposalResult::Retry(RetryReason::LeaderChanged)),
+            ]
+        );
+        assert!(cores.iter().all(|c| c.metrics().pending_proposals == 0));
+    }
+
+    #[test]
+    fn bootstrap_entries_are_written_and_a_joining_node_rebuilds_the_membership() {
+        let mut first = RaftCore::new(
+            CoreConfig::new(1, 1),
+            LogStart::bootstrap(&[1]),
+            Recorder::default(),
+        )
+        .expect("valid start");
+        let actions = first.ready().expect("ready");
+        assert_eq!(
+            actions.entries.len(),
+            1,
+            "bootstrap membership goes to disk"
+        );
+        assert!(actions.must_sync);
+        first.persisted(actions.number);
+        first.campaign().expect("campaign");
+        let joiner = RaftCore::new(
+            CoreConfig::new(2, 1),
+            LogStart::default(),
+            Recorder::default(),
+        )
+        .expect("valid start");
+        let mut cores = vec![first, joiner];
+        let mut replies = Vec::new();
+        route(&mut cores, &mut replies);
+        cores[0].propose(1, b"data before the join");
+        route(&mut cores, &mut replies);
+        cores[0].add_voter_via_learner(2).expect("leader");
+        for _ in 0..20 {
+            for core in cores.iter_mut() {
+                core.tick();
+            }
+            route(&mut cores, &mut replies);
+        }
+        for core in &cores {
+            let mut voters = core.conf_state().voters.clone();
+            voters.sort_unstable();
+            assert_eq!(voters, vec![1, 2], "node {}", core.id());
+            assert!(core.conf_state().learners.is_empty());
+        }
+        assert_eq!(cores[1].state_machine().commands.len(), 1);
+    }
+
+    /// Raw core throughput for one voter with an instant disk:
+    /// `cargo test --release --lib store::node::tests::single_voter_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn single_voter_throughput() {
+        let mut core = single_voter_with(Counter::default());
+        let command = [0x5au8; 200];
+        let batch = 1_000u64;
+        let rounds = 2_000u64;
+        let mut committed = 0u64;
+        let started = std::time::Instant::now();
+        let mut next_id = 0u64;
+        for _ in 0..rounds {
+            for _ in 0..batch {
+                next_id += 1;
+                core.propose(next_id, &command);
+            }
+            for _ in 0..4 {
+                let actions = core.ready().expect("ready");
+                committed += actions.replies.len() as u64;
+                core.persisted(actions.number);
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "{committed} proposals of 200 bytes in {elapsed:.3} s: {:.0} proposals/s, {} per batch",
+            committed as f64 / elapsed,
+            batch
+        );
+        assert_eq!(committed, batch * rounds);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A seeded, single-threaded, deterministic simulator for the replicated store.
 //!
 //! Owns: a model of N nodes (each a [`RaftCore`] over a `RaftLog<SimDisk>` and
-//! a small recording state machine), a network that drops, delays, duplicates,
+//! a state machine that records every applied command beside the real
+//! `AppState`), a network that drops, delays, duplicates,
 //! reorders and partitions messages (symmetric and one-way), a clock that moves
 //! in steps and raft ticks, node crashes (unsynced disk writes vanish) and
 //! power loss (every node at once), clients that propose a stream of commands
@@ -20,7 +21,9 @@ use std::rc::Rc;
 
 use raft::eraftpb::{ConfState, Message, MessageType, SnapshotMetadata};
 
+use super::command::{Account, BindKind, Command};
 use super::node::{Actions, CoreConfig, LogStart, ProposalResult, RaftCore};
+use super::state::{AppState, ApplyOutcome};
 use super::wal::{LogOptions, RaftLog, SimDisk};
 use super::{StateMachine, StoreError};
 
@@ -111,11 +114,15 @@ pub enum SimOutput {
 }
 
 /// A deterministic state machine that keeps, per command id, the index where
-/// it was first applied (dedup, as the real state machine does by message id).
+/// it was first applied (dedup, as the real state machine does by message id),
+/// and feeds each command's payload to the real `AppState` as well, so every
+/// run also checks that AppState stays identical across replicas, snapshots
+/// and restarts.
 pub struct SimStateMachine {
     node: u64,
     applied: u64,
     first_index_of: BTreeMap<u64, u64>,
+    app: AppState,
     oracle: Rc<RefCell<Oracle>>,
 }
 
@@ -125,6 +132,7 @@ impl SimStateMachine {
             node,
             applied: 0,
             first_index_of: BTreeMap::new(),
+            app: AppState::new(),
             oracle,
         }
     }
@@ -137,15 +145,53 @@ impl SimStateMachine {
     pub fn command_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.first_index_of.keys().copied()
     }
+
+    /// The application state fed alongside.
+    pub fn app(&self) -> &AppState {
+        &self.app
+    }
 }
 
-/// The bytes of command `id`: its id then a filler whose length and content
-/// follow from the id, so every proposal can be regenerated and checked.
+/// The application command that command `id` carries: a deterministic mix of
+/// provisioning, node and bind changes.
+fn app_command(id: u64) -> Command {
+    let account = format!("acct{}", id % 7);
+    let node = id % 3 + 1;
+    match id % 5 {
+        0 => Command::UpsertAccount(Account {
+            name: account,
+            password_hash: "$sim$".into(),
+            max_binds: 0,
+            throughput_per_s: 0,
+            allowed_ips: Vec::new(),
+            allowed_senders: Vec::new(),
+            retention_s: 0,
+            enabled: true,
+            webhook_url: None,
+        }),
+        1 => Command::NodeUp {
+            node,
+            incarnation: (id / 5) as u32,
+        },
+        2 | 3 => Command::BindOpened {
+            node,
+            session: id,
+            account,
+            kind: BindKind::Transceiver,
+        },
+        _ => Command::BindClosed {
+            node: (id - 2) % 3 + 1,
+            session: id - 2,
+        },
+    }
+}
+
+/// The bytes of command `id`: its id, then the encoded application command,
+/// so every proposal can be regenerated and checked.
 fn command_bytes(id: u64) -> Vec<u8> {
-    let filler = (id % 24) as usize;
-    let mut bytes = Vec::with_capacity(8 + filler);
+    let mut bytes = Vec::with_capacity(64);
     bytes.extend_from_slice(&id.to_le_bytes());
-    bytes.resize(8 + filler, id as u8);
+    app_command(id).encode_into(&mut bytes);
     bytes
 }
 
@@ -165,6 +211,7 @@ impl StateMachine for SimStateMachine {
             self.applied
         );
         let mut digest = fnv1a(FNV_OFFSET, &index.to_le_bytes());
+        let mut app_commands: Vec<&[u8]> = Vec::with_capacity(commands.len());
         let outputs = commands
             .iter()
             .map(|command| {
@@ -178,12 +225,21 @@ impl StateMachine for SimStateMachine {
                         },
                         None => {
                             self.first_index_of.insert(id, index);
+                            app_commands.push(command.get(8..).unwrap_or_default());
                             SimOutput::Applied
                         }
                     },
                 }
             })
             .collect();
+        // AppState sees each distinct command once, as the real proposer's
+        // dedup by message id would arrange; its outcome must not be
+        // "undecodable" since every command is well formed.
+        let app_outputs = self.app.apply(index, &app_commands);
+        assert!(
+            !app_outputs.contains(&ApplyOutcome::Undecodable),
+            "AppState failed to decode a simulated command at index {index}"
+        );
         self.applied = index;
         self.oracle.borrow_mut().record(self.node, index, digest);
         outputs
@@ -194,13 +250,15 @@ impl StateMachine for SimStateMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + 16 * self.first_index_of.len());
+        let app = self.app.snapshot();
+        let mut out = Vec::with_capacity(16 + 16 * self.first_index_of.len() + app.len());
         out.extend_from_slice(&self.applied.to_le_bytes());
         out.extend_from_slice(&(self.first_index_of.len() as u64).to_le_bytes());
         for (id, index) in &self.first_index_of {
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&index.to_le_bytes());
         }
+        out.extend_from_slice(&app);
         out
     }
 
@@ -211,14 +269,20 @@ impl StateMachine for SimStateMachine {
             Ok(u64::from_le_bytes(raw.try_into().map_err(|_| corrupt())?))
         };
         let applied = word(0)?;
-        let count = word(8)?;
-        if applied != index || (snapshot.len() - 16) as u64 != count.saturating_mul(16) {
+        let count = usize::try_from(word(8)?).map_err(|_| corrupt())?;
+        let app_start = count
+            .checked_mul(16)
+            .and_then(|n| n.checked_add(16))
+            .filter(|end| *end <= snapshot.len())
+            .ok_or_else(corrupt)?;
+        if applied != index {
             return Err(corrupt());
         }
         let mut first_index_of = BTreeMap::new();
-        for i in 0..count as usize {
+        for i in 0..count {
             first_index_of.insert(word(16 + 16 * i)?, word(24 + 16 * i)?);
         }
+        self.app.restore(index, &snapshot[app_start..])?;
         self.applied = applied;
         self.first_index_of = first_index_of;
         Ok(())
@@ -326,6 +390,8 @@ pub struct SimReport {
     pub messages_dropped: u64,
     pub batches_proposed: u64,
     pub proposals_batched: u64,
+    /// Accounts in the final AppState (shows the application state was fed).
+    pub app_accounts: u64,
 }
 
 /// A message on the wire, ordered by delivery step then send order.
@@ -592,8 +658,8 @@ impl Sim {
             recovered,
             node.durable_state.as_ref().map(|(meta, _)| meta.clone()),
         );
-        if start.is_empty() && !node.bootstrap_voters.is_empty() {
-            start.conf_state = LogStart::bootstrap(&node.bootstrap_voters).conf_state;
+        if start.is_empty() && start.state_snapshot.is_none() && !node.bootstrap_voters.is_empty() {
+            start = LogStart::bootstrap(&node.bootstrap_voters);
         }
         let mut config = CoreConfig::new(id, node.incarnations);
         config.election_ticks = 10;
@@ -824,6 +890,10 @@ impl Sim {
             return;
         };
         let meta = running.core.applied_snapshot_metadata();
+        // Nothing applied yet: an index-0 "snapshot" would hide the bootstrap.
+        if meta.index == 0 {
+            return;
+        }
         if node
             .durable_state
             .as_ref()
@@ -1013,14 +1083,15 @@ impl Sim {
                     let m = r.core.metrics();
                     let _ = write!(
                         line,
-                        "[n{} term {} leader {} commit {} applied {} last {} voters {:?}] ",
+                        "[n{} term {} leader {} commit {} applied {} last {} voters {:?} learners {:?}] ",
                         node.id,
                         m.term,
                         m.leader_id,
                         m.commit_index,
                         m.applied_index,
                         m.last_index,
-                        r.core.conf_state().voters
+                        r.core.conf_state().voters,
+                        r.core.conf_state().learners
                     );
                 }
                 None => {
@@ -1059,6 +1130,16 @@ impl Sim {
                     "node {id} applied command {command} never proposed"
                 ));
             }
+            if self.best_conf().map(|c| membership(&c))
+                != Some(membership(running.core.conf_state()))
+            {
+                self.failures.push(format!(
+                    "node {id} has configuration {:?}, the most advanced node {:?}",
+                    running.core.conf_state(),
+                    self.best_conf()
+                ));
+            }
+            self.report.app_accounts = sm.app().accounts().count() as u64;
             let state = (sm.applied_index(), sm.snapshot());
             match &reference {
                 None => reference = Some(state),
@@ -1088,8 +1169,10 @@ impl Sim {
             let mut got = self.report.final_voters.clone();
             got.sort_unstable();
             if want != got {
-                self.failures
-                    .push(format!("membership goal {want:?} not reached: {got:?}"));
+                let status = self.status_line();
+                self.failures.push(format!(
+                    "membership goal {want:?} not reached: {got:?}; {status}"
+                ));
             }
         }
     }
@@ -1283,6 +1366,15 @@ impl Sim {
             }
         }
     }
+}
+
+/// Voters and learners as sorted lists: raft keeps them as sets.
+fn membership(conf: &ConfState) -> (Vec<u64>, Vec<u64>) {
+    let mut voters = conf.voters.clone();
+    voters.sort_unstable();
+    let mut learners = conf.learners.clone();
+    learners.sort_unstable();
+    (voters, learners)
 }
 
 /// Runs one seeded simulation.
