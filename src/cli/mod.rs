@@ -7,6 +7,7 @@ pub mod pdu;
 use clap::{Parser, Subcommand};
 
 pub mod bench_store;
+pub mod serve;
 pub mod store_node;
 
 #[derive(Debug, Parser)]
@@ -28,6 +29,8 @@ pub enum Command {
     /// Decode or encode SMPP PDUs: the first tool when troubleshooting an operator link.
     #[command(subcommand)]
     Pdu(pdu::PduCommand),
+    /// Run a node: SMPP for customers on the replicated store.
+    Serve(serve::ServeArgs),
     /// Load generators that measure this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -74,6 +77,7 @@ pub enum BenchCommand {
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Pdu(command) => pdu::run(command),
+        Command::Serve(args) => serve::run(args),
         Command::Bench(BenchCommand::Store {
             voters,
             payload_bytes,
