@@ -336,7 +336,7 @@ fn sigkill_mid_load_loses_no_acknowledged_message() {
     let setup = Setup::new("crash", "", "");
     let acked_file = setup.dir.0.join("acked.txt");
     let mut server = setup.start();
-    let mut load = Command::new("python3")
+    let load = Command::new("python3")
         .arg(CLIENT)
         .args(["load", "--port", &setup.smpp_port.to_string(), "--out"])
         .arg(&acked_file)
