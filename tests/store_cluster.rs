@@ -421,7 +421,7 @@ fn single_node_sigkilled_mid_batches_keeps_everything_acknowledged() {
 }
 
 #[test]
-fn membership_grows_from_one_to_three_voters_with_data_in_the_log() {
+fn membership_grows_one_to_three_then_removes_and_replaces_a_wiped_voter() {
     let dir = TempDir::new("grow");
     let mut specs = cluster_specs(&dir.0, &[1, 2, 3], &[], &[]);
     specs[0].voters = vec![1];
@@ -460,5 +460,45 @@ fn membership_grows_from_one_to_three_voters_with_data_in_the_log() {
     assert_eq!(count, 2500);
     for node in [&mut first, &mut second, &mut third] {
         assert_eq!(node.missing(&acked), 0);
+    }
+
+    // Remove a voter: the other two keep committing without it.
+    let words = first.request("remove", "3");
+    assert_eq!(words[0], "ok", "remove 3: {words:?}");
+    wait_for_voters(&mut first, &[1, 2]);
+    drop(third);
+    acked.extend(propose_stream(&mut first, 3, 0, 300, 64, None));
+    assert_eq!(acked.len(), 2800);
+    let (_, count, _) = wait_for_agreement(&mut [&mut first, &mut second], Duration::from_secs(30));
+    assert_eq!(count, 2800);
+
+    // Replace it with a node whose disk was wiped: same id, empty data
+    // directory, caught up from the others.
+    std::fs::remove_dir_all(&specs[2].data_dir).unwrap();
+    let mut replacement = Node::start(&specs[2]);
+    let words = first.request("add-voter", &format!("3 {}", specs[2].addr));
+    assert_eq!(words[0], "ok", "re-add 3: {words:?}");
+    wait_for_voters(&mut first, &[1, 2, 3]);
+    acked.extend(propose_stream(&mut first, 4, 0, 200, 64, None));
+    let (_, count, _) = wait_for_agreement(
+        &mut [&mut first, &mut second, &mut replacement],
+        Duration::from_secs(30),
+    );
+    assert_eq!(count, 3000);
+    assert_eq!(replacement.missing(&acked), 0);
+}
+
+fn wait_for_voters(node: &mut Node, expected: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, _, voters) = node.status();
+        if voters == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "voters stayed {voters:?}, expected {expected:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
     }
 }
