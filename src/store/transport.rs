@@ -1380,57 +1380,96 @@ mod tests {
         assert!(b.stats().handshakes_rejected >= 3);
     }
 
-    #[test]
-    fn recorded_handshake_does_not_replay() {
-        let (b, b_rx) = Transport::start(config(2, SECRET)).unwrap();
-        // A man in the middle records a genuine client's bytes...
+    /// A man in the middle that forwards every connection to `target` and
+    /// records what each client sent.
+    fn recording_proxy(
+        target: SocketAddr,
+        stop: Arc<AtomicBool>,
+    ) -> (SocketAddr, Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>) {
         let proxy = TcpListener::bind(loopback()).unwrap();
-        let proxy_addr = proxy.local_addr().unwrap();
-        let target = b.local_addr();
-        let recorder = thread::spawn(move || {
-            let (mut client, _) = proxy.accept().unwrap();
-            let mut server = TcpStream::connect(target).unwrap();
-            let mut server_reader = server.try_clone().unwrap();
-            let mut client_writer = client.try_clone().unwrap();
-            thread::spawn(move || {
-                let _ = io::copy(&mut server_reader, &mut client_writer);
-            });
-            client
-                .set_read_timeout(Some(Duration::from_millis(1500)))
-                .unwrap();
-            let mut recorded = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = client.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                recorded.extend_from_slice(&chunk[..n]);
-                let _ = server.write_all(&chunk[..n]);
+        proxy.set_nonblocking(true).unwrap();
+        let addr = proxy.local_addr().unwrap();
+        let recordings: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let all = Arc::clone(&recordings);
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = proxy.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let server = TcpStream::connect(target).unwrap();
+                let recording = Arc::new(Mutex::new(Vec::new()));
+                all.lock().unwrap().push(Arc::clone(&recording));
+                let mut server_reader = server.try_clone().unwrap();
+                let mut client_writer = client.try_clone().unwrap();
+                thread::spawn(move || {
+                    let _ = io::copy(&mut server_reader, &mut client_writer);
+                    let _ = client_writer.shutdown(Shutdown::Both);
+                });
+                let (mut client_reader, mut server_writer) = (client, server);
+                thread::spawn(move || {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = client_reader.read(&mut chunk) {
+                        if n == 0 {
+                            break;
+                        }
+                        recording.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        if server_writer.write_all(&chunk[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_writer.shutdown(Shutdown::Both);
+                });
             }
-            recorded
         });
+        (addr, recordings)
+    }
+
+    #[test]
+    fn recorded_sessions_do_not_replay() {
+        let (b, b_rx) = Transport::start(config(2, SECRET)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (proxy_addr, recordings) = recording_proxy(b.local_addr(), Arc::clone(&stop));
         let mut a_config = config(1, SECRET);
         a_config.peers = vec![(2, proxy_addr)];
         let (a, _a_rx) = Transport::start(a_config).unwrap();
         send_until_received(&a, &b_rx, message(1, 2, 3));
         drop(a);
-        let recorded = recorder.join().unwrap();
-        assert!(recorded.len() > 100, "the recorder saw the session");
-        // ...and replays them on a fresh connection: the server's new nonce
-        // makes the recorded proof worthless.
-        let rejected_before = b.stats().handshakes_rejected;
-        let mut replay = TcpStream::connect(target).unwrap();
-        let _ = replay.write_all(&recorded);
-        replay
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut sink = Vec::new();
-        let _ = replay.read_to_end(&mut sink);
+        stop.store(true, Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(200));
+        // The session that carried the message is among the recordings.
+        let recorded: Vec<Vec<u8>> = recordings
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.lock().unwrap().clone())
+            .collect();
         assert!(
-            recv(&b_rx, 300).is_none(),
-            "a replayed session delivered a message"
+            recorded.iter().any(|r| r.len() > 100),
+            "the proxy saw no session"
         );
-        assert!(b.stats().handshakes_rejected > rejected_before);
+        // Replayed on fresh connections, each fails: the server's new nonce
+        // makes the recorded proof worthless.
+        for session in recorded.iter().filter(|r| !r.is_empty()) {
+            let rejected_before = b.stats().handshakes_rejected;
+            let mut replay = TcpStream::connect(b.local_addr()).unwrap();
+            let _ = replay.write_all(session);
+            replay
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut sink = Vec::new();
+            let _ = replay.read_to_end(&mut sink);
+            assert!(
+                recv(&b_rx, 100).is_none(),
+                "a replayed session delivered a message"
+            );
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while b.stats().handshakes_rejected == rejected_before && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            assert!(b.stats().handshakes_rejected > rejected_before);
+        }
     }
 
     #[test]
