@@ -1380,16 +1380,16 @@ mod tests {
         assert!(b.stats().handshakes_rejected >= 3);
     }
 
+    /// What a recording proxy saw clients send, one buffer per connection.
+    type Recordings = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
     /// A man in the middle that forwards every connection to `target` and
     /// records what each client sent.
-    fn recording_proxy(
-        target: SocketAddr,
-        stop: Arc<AtomicBool>,
-    ) -> (SocketAddr, Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>) {
+    fn recording_proxy(target: SocketAddr, stop: Arc<AtomicBool>) -> (SocketAddr, Recordings) {
         let proxy = TcpListener::bind(loopback()).unwrap();
         proxy.set_nonblocking(true).unwrap();
         let addr = proxy.local_addr().unwrap();
-        let recordings: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let recordings: Recordings = Arc::default();
         let all = Arc::clone(&recordings);
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
