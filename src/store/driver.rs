@@ -1249,6 +1249,53 @@ mod tests {
             .unwrap()
     }
 
+    /// Polls a future to completion on this thread, parking between wake-ups:
+    /// enough to show the async API resolves through its waker.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Unpark(thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(thread::current())));
+        let mut context = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            match future.as_mut().poll(&mut context) {
+                Poll::Ready(output) => return output,
+                Poll::Pending => thread::park_timeout(Duration::from_secs(1)),
+            }
+        }
+    }
+
+    #[test]
+    fn async_propose_and_query_resolve_through_their_wakers() {
+        let dir = temp_dir("async");
+        let store = single_node(&dir);
+        let handle = store.handle();
+        assert_eq!(
+            block_on(handle.propose(filler_account_command())),
+            Ok(ApplyOutcome::Applied)
+        );
+        let futures: Vec<_> = (0..50)
+            .map(|i| handle.propose(filler_command(2, i, 200)))
+            .collect();
+        for future in futures {
+            assert!(matches!(block_on(future), Ok(ApplyOutcome::Accepted(_))));
+        }
+        let count = block_on(handle.query(|state: &AppState| state.message_count()));
+        assert_eq!(count, Ok(50));
+        store.shutdown().unwrap();
+        // A stopped store answers at once instead of hanging.
+        assert_eq!(
+            block_on(handle.propose(filler_command(2, 99, 200))),
+            Err(ProposeError::Stopped)
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn no_op_command_has_the_requested_size() {
         for size in [50, 200, 1000] {
