@@ -1512,6 +1512,67 @@ mod tests {
         assert_eq!(second.get_snapshot().get_data().len(), 64 * 1024 * 1024);
     }
 
+    /// An authenticated session of node 1 to `server` (node 2), driven by hand.
+    fn handshake_as_node_1(server: SocketAddr) -> (TcpStream, SessionMac) {
+        let client = Shared {
+            node_id: 1,
+            cluster_id: 7,
+            secret: SECRET.to_vec(),
+            config: config(1, SECRET),
+            counters: Counters::default(),
+            shutdown: AtomicBool::new(false),
+            inbound_connections: AtomicUsize::new(0),
+            open_inbound: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(0),
+        };
+        let stream = TcpStream::connect(server).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reader = FrameReader::new(stream.try_clone().unwrap());
+        let mut writer = stream.try_clone().unwrap();
+        let mac = client_handshake(&mut reader, &mut writer, &client, 2, Lane::Regular).unwrap();
+        (stream, mac)
+    }
+
+    #[test]
+    fn authenticated_peer_cannot_speak_for_another_node() {
+        let (b, b_rx) = Transport::start(config(2, SECRET)).unwrap();
+        let (mut stream, mut mac) = handshake_as_node_1(b.local_addr());
+        let mut buf = Vec::new();
+        encode_message(&mut buf, &mut mac, &message(1, 2, 4)).unwrap();
+        stream.write_all(&buf).unwrap();
+        assert_eq!(recv(&b_rx, 5000).map(|m| m.get_term()), Some(4));
+        // Node 1 claims a message from node 3: the connection is closed.
+        buf.clear();
+        encode_message(&mut buf, &mut mac, &message(3, 2, 5)).unwrap();
+        encode_message(&mut buf, &mut mac, &message(1, 2, 6)).unwrap();
+        stream.write_all(&buf).unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        assert!(
+            recv(&b_rx, 200).is_none(),
+            "a spoofed or later message was delivered"
+        );
+        assert_eq!(b.stats().protocol_errors, 1);
+    }
+
+    #[test]
+    fn oversized_authenticated_frame_closes_the_connection() {
+        let mut b_config = config(2, SECRET);
+        b_config.max_frame_bytes = 4096;
+        let (b, b_rx) = Transport::start(b_config).unwrap();
+        let (mut stream, _mac) = handshake_as_node_1(b.local_addr());
+        // Claims 1 MiB: refused before anything is allocated or read.
+        stream
+            .write_all(&[0, 0x10, 0, 0, PROTOCOL_VERSION, KIND_RAFT])
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        assert!(recv(&b_rx, 100).is_none());
+        assert_eq!(b.stats().protocol_errors, 1);
+    }
+
     #[test]
     fn tampered_frame_fails_authentication() {
         let transcript =
