@@ -12,6 +12,7 @@
 //!   has <tag> <worker>:<seq> ...      -> has <tag> <missing-count>
 //!   digest <tag>                      -> digest <tag> <applied> <message-count> <crc32c of the state>
 //!   add-voter <tag> <id> <addr>       -> ok <tag> | err <tag> <reason>
+//!   remove <tag> <id>                 -> ok <tag> | err <tag> <reason>
 //!   transfer <tag> <id>               -> ok <tag>
 //!   exit                              clean shutdown
 //! Proposals answer `ok <tag> <outcome>` once committed or `err <tag> <reason>`.
@@ -211,6 +212,11 @@ fn serve_line(
             let id = number(words, 2)?;
             let addr = number(words, 3)?;
             handle.add_voter_blocking(id, addr)?;
+            println!("ok {tag}");
+            Ok(())
+        }
+        "remove" => {
+            handle.remove_node_blocking(number(words, 2)?)?;
             println!("ok {tag}");
             Ok(())
         }

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use super::command::{Accept, Account, Address, Command};
 use super::id::MessageId;
 use super::node::{CoreConfig, LogStart, ProposalResult, RaftCore, RetryReason};
 use super::snapshot::{FsSnapshotDisk, PersistentState};
-use super::state::{AppState, ApplyOutcome};
+use super::state::{AppState, ApplyOutcome, Effect};
 use super::transport::{Transport, TransportConfig};
 use super::wal::{FsDisk, LogOptions, RaftLog};
 use super::{StateMachine, StoreError};
@@ -253,6 +253,8 @@ enum Input {
 pub struct StoreHandle {
     inputs: Sender<Input>,
     metrics: Arc<SharedMetrics>,
+    effects: flume::Receiver<Effect>,
+    effects_lost: Arc<AtomicBool>,
 }
 
 impl StoreHandle {
@@ -367,6 +369,75 @@ impl StoreHandle {
     pub fn metrics(&self) -> StoreMetrics {
         self.metrics.read()
     }
+
+    /// Work that applied commands handed to THIS node (submit a message,
+    /// deliver a DLR or MO), in apply order. Clones of the handle share one
+    /// queue: each effect goes to one consumer. Await with `recv_async`.
+    pub fn effects(&self) -> &flume::Receiver<Effect> {
+        &self.effects
+    }
+
+    /// True (once) when effects were dropped since the last call (queue full,
+    /// or a snapshot replaced the state): the consumer must rescan
+    /// `AppState::owned_unsubmitted` and `deliveries_for_node` for this node.
+    pub fn take_effects_lost(&self) -> bool {
+        self.effects_lost.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Effects buffered towards this node's consumers.
+const EFFECT_QUEUE_CAPACITY: usize = 1 << 16;
+
+/// The state machine as the store thread runs it: the replicated `AppState`
+/// plus the node-local hand-off of its effects, drained right after each
+/// apply (the core owns the state machine, so this is where `&mut` is).
+struct NodeState {
+    state: AppState,
+    node_id: u64,
+    effects: flume::Sender<Effect>,
+    effects_lost: Arc<AtomicBool>,
+    /// Reused buffer for draining.
+    drained: Vec<Effect>,
+}
+
+impl NodeState {
+    fn forward_effects(&mut self) {
+        if !self.state.drain_effects(&mut self.drained) {
+            self.effects_lost.store(true, Ordering::Release);
+        }
+        for effect in self.drained.drain(..) {
+            let node = match effect {
+                Effect::Dispatch { node, .. } | Effect::Deliver { node, .. } => node,
+            };
+            if node == self.node_id && self.effects.try_send(effect).is_err() {
+                self.effects_lost.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl StateMachine for NodeState {
+    type Output = ApplyOutcome;
+
+    fn apply(&mut self, index: u64, commands: &[&[u8]]) -> Vec<ApplyOutcome> {
+        let outputs = self.state.apply(index, commands);
+        self.forward_effects();
+        outputs
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.state.applied_index()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.state.snapshot()
+    }
+
+    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), StoreError> {
+        let restored = self.state.restore(index, snapshot);
+        self.forward_effects();
+        restored
+    }
 }
 
 /// A running store thread.
@@ -383,11 +454,14 @@ impl Store {
         let (inputs, input_rx) = crossbeam_channel::bounded(config.input_queue_capacity.max(1));
         let metrics = Arc::new(SharedMetrics::default());
         let thread_metrics = Arc::clone(&metrics);
+        let (effects_tx, effects_rx) = flume::bounded(EFFECT_QUEUE_CAPACITY);
+        let effects_lost = Arc::new(AtomicBool::new(false));
+        let effects = (effects_tx, Arc::clone(&effects_lost));
         let (started_tx, started_rx) = crossbeam_channel::bounded(1);
         let thread = thread::Builder::new()
             .name(format!("tern-store-{}", config.node_id))
             .spawn(move || {
-                let mut driver = match Driver::recover(config, input_rx, thread_metrics) {
+                let mut driver = match Driver::recover(config, input_rx, thread_metrics, effects) {
                     Ok(driver) => {
                         let _ = started_tx.send(Ok(()));
                         driver
@@ -406,7 +480,12 @@ impl Store {
             })?;
         match started_rx.recv() {
             Ok(Ok(())) => Ok(Store {
-                handle: StoreHandle { inputs, metrics },
+                handle: StoreHandle {
+                    inputs,
+                    metrics,
+                    effects: effects_rx,
+                    effects_lost,
+                },
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -456,7 +535,7 @@ const MAX_CATCH_UP_TICKS: u32 = 3;
 
 struct Driver {
     node_id: u64,
-    core: RaftCore<AppState>,
+    core: RaftCore<NodeState>,
     log: RaftLog<FsDisk>,
     transport: Transport,
     peer_rx: Receiver<raft::eraftpb::Message>,
@@ -479,6 +558,7 @@ impl Driver {
         config: StoreConfig,
         inputs: Receiver<Input>,
         metrics: Arc<SharedMetrics>,
+        effects: (flume::Sender<Effect>, Arc<AtomicBool>),
     ) -> Result<Driver, StoreError> {
         fs::create_dir_all(&config.data_dir)?;
         let incarnation = next_incarnation(&config.data_dir)?;
@@ -495,7 +575,13 @@ impl Driver {
             );
         }
         let snapshots = PersistentState::new(FsSnapshotDisk::open(&config.data_dir.join("state"))?);
-        let mut state = AppState::new();
+        let mut state = NodeState {
+            state: AppState::new(),
+            node_id: config.node_id,
+            effects: effects.0,
+            effects_lost: Arc::clone(&effects.1),
+            drained: Vec::new(),
+        };
         let mut state_snapshot = None;
         if let Some(saved) = snapshots.load_latest()? {
             let conf_state = ConfState::parse_from_bytes(&saved.conf_state).map_err(|e| {
@@ -553,10 +639,6 @@ impl Driver {
         );
         transport_config.peers = config.peers.clone();
         let (transport, peer_rx) = Transport::start(transport_config)?;
-        // A lone voter need not wait an election timeout to lead.
-        if core.conf_state().voters == [config.node_id] {
-            core.campaign()?;
-        }
         metrics.node_id.store(config.node_id, Ordering::Relaxed);
         let tick_interval = Duration::from_millis(config.tick_interval_ms.max(1));
         let log_bytes = log.stats().bytes;
@@ -580,12 +662,15 @@ impl Driver {
     }
 
     fn run(&mut self) -> Result<(), StoreError> {
-        // Settle the start-up campaign before taking proposals: the core fails
-        // proposals pending across a term change, and a lone voter's first
-        // term change is this one.
-        if self.core.has_ready() {
-            let actions = self.core.ready()?;
-            self.execute(actions)?;
+        // Replay what the log holds, then let a lone voter lead at once
+        // instead of after an election timeout (raft-rs refuses to campaign
+        // while committed conf changes are unapplied, hence the order), and
+        // settle that term change before taking proposals: the core fails
+        // proposals pending across a term change.
+        self.settle()?;
+        if self.core.conf_state().voters == [self.node_id] && self.core.leader_id() == 0 {
+            self.core.campaign()?;
+            self.settle()?;
         }
         while !self.stopping {
             self.wait_for_work();
@@ -601,6 +686,19 @@ impl Driver {
         }
         for (_, reply) in self.waiting.drain() {
             let _ = reply.send(Err(ProposeError::Stopped));
+        }
+        Ok(())
+    }
+
+    /// Runs ready cycles until the core has nothing more to do (bounded: a
+    /// core that keeps producing work is served by the main loop instead).
+    fn settle(&mut self) -> Result<(), StoreError> {
+        for _ in 0..64 {
+            if !self.core.has_ready() {
+                break;
+            }
+            let actions = self.core.ready()?;
+            self.execute(actions)?;
         }
         Ok(())
     }
@@ -653,7 +751,7 @@ impl Driver {
                 self.waiting.insert(request_id, reply);
                 self.core.propose(request_id, &command);
             }
-            Input::Query(query) => query(self.core.state_machine()),
+            Input::Query(query) => query(&self.core.state_machine().state),
             Input::Status(reply) => {
                 let conf = self.core.conf_state();
                 let _ = reply.send(StoreStatus {
@@ -732,9 +830,6 @@ impl Driver {
             self.core.set_durable_snapshot_index(metadata.index);
             self.log_bytes_at_last_snapshot = self.log.stats().bytes;
         }
-        let wrote = !actions.entries.is_empty()
-            || actions.hard_state.is_some()
-            || actions.conf_state.is_some();
         if !actions.entries.is_empty() {
             self.log.append(&actions.entries)?;
         }
@@ -744,9 +839,11 @@ impl Driver {
         if let Some(conf_state) = &actions.conf_state {
             self.log.set_conf_state(conf_state)?;
         }
-        if wrote {
-            // Syncing even when raft-rs says it need not (a bare commit-index
-            // change) keeps "persisted" meaning "on disk" without exceptions.
+        // A bare commit-index change (raft-rs: `must_sync` false) rides along
+        // with the next sync: losing it in a crash is harmless, the leader
+        // repeats it, and skipping it halves the fsyncs of a lightly loaded
+        // single voter. Entries, votes and configuration are synced now.
+        if actions.must_sync || !actions.entries.is_empty() || actions.conf_state.is_some() {
             self.log.sync()?;
         }
         self.send_messages(actions.persisted_messages);
@@ -1151,6 +1248,53 @@ mod tests {
             .unwrap()
     }
 
+    /// Polls a future to completion on this thread, parking between wake-ups:
+    /// enough to show the async API resolves through its waker.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Unpark(thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(thread::current())));
+        let mut context = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            match future.as_mut().poll(&mut context) {
+                Poll::Ready(output) => return output,
+                Poll::Pending => thread::park_timeout(Duration::from_secs(1)),
+            }
+        }
+    }
+
+    #[test]
+    fn async_propose_and_query_resolve_through_their_wakers() {
+        let dir = temp_dir("async");
+        let store = single_node(&dir);
+        let handle = store.handle();
+        assert_eq!(
+            block_on(handle.propose(filler_account_command())),
+            Ok(ApplyOutcome::Applied)
+        );
+        let futures: Vec<_> = (0..50)
+            .map(|i| handle.propose(filler_command(2, i, 200)))
+            .collect();
+        for future in futures {
+            assert!(matches!(block_on(future), Ok(ApplyOutcome::Accepted(_))));
+        }
+        let count = block_on(handle.query(|state: &AppState| state.message_count()));
+        assert_eq!(count, Ok(50));
+        store.shutdown().unwrap();
+        // A stopped store answers at once instead of hanging.
+        assert_eq!(
+            block_on(handle.propose(filler_command(2, 99, 200))),
+            Err(ProposeError::Stopped)
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn no_op_command_has_the_requested_size() {
         for size in [50, 200, 1000] {
@@ -1198,6 +1342,13 @@ mod tests {
             assert!(matches!(reply.wait(), Ok(ApplyOutcome::Accepted(_))));
         }
         assert_eq!(accepted_count(&handle), 500);
+        // Each accepted message is handed to its owner (this node) to submit.
+        let dispatches: Vec<Effect> = handle.effects().try_iter().collect();
+        assert_eq!(dispatches.len(), 500);
+        assert!(dispatches
+            .iter()
+            .all(|e| matches!(e, Effect::Dispatch { node: 1, .. })));
+        assert!(!handle.take_effects_lost());
         store.shutdown().unwrap();
 
         let store = single_node(&dir);
@@ -1208,10 +1359,8 @@ mod tests {
         }
         assert_eq!(accepted_count(&handle), 500);
         // The same ids are duplicates now: the state came back, not just the count.
-        assert!(matches!(
-            handle.propose_blocking(filler_command(0, 7, 200)),
-            Ok(ApplyOutcome::Duplicate(_))
-        ));
+        let again = handle.propose_blocking(filler_command(0, 7, 200));
+        assert!(matches!(again, Ok(ApplyOutcome::Duplicate(_))), "{again:?}");
         store.shutdown().unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }

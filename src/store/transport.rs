@@ -1380,57 +1380,96 @@ mod tests {
         assert!(b.stats().handshakes_rejected >= 3);
     }
 
-    #[test]
-    fn recorded_handshake_does_not_replay() {
-        let (b, b_rx) = Transport::start(config(2, SECRET)).unwrap();
-        // A man in the middle records a genuine client's bytes...
+    /// What a recording proxy saw clients send, one buffer per connection.
+    type Recordings = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
+    /// A man in the middle that forwards every connection to `target` and
+    /// records what each client sent.
+    fn recording_proxy(target: SocketAddr, stop: Arc<AtomicBool>) -> (SocketAddr, Recordings) {
         let proxy = TcpListener::bind(loopback()).unwrap();
-        let proxy_addr = proxy.local_addr().unwrap();
-        let target = b.local_addr();
-        let recorder = thread::spawn(move || {
-            let (mut client, _) = proxy.accept().unwrap();
-            let mut server = TcpStream::connect(target).unwrap();
-            let mut server_reader = server.try_clone().unwrap();
-            let mut client_writer = client.try_clone().unwrap();
-            thread::spawn(move || {
-                let _ = io::copy(&mut server_reader, &mut client_writer);
-            });
-            client
-                .set_read_timeout(Some(Duration::from_millis(1500)))
-                .unwrap();
-            let mut recorded = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = client.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                recorded.extend_from_slice(&chunk[..n]);
-                let _ = server.write_all(&chunk[..n]);
+        proxy.set_nonblocking(true).unwrap();
+        let addr = proxy.local_addr().unwrap();
+        let recordings: Recordings = Arc::default();
+        let all = Arc::clone(&recordings);
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = proxy.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let server = TcpStream::connect(target).unwrap();
+                let recording = Arc::new(Mutex::new(Vec::new()));
+                all.lock().unwrap().push(Arc::clone(&recording));
+                let mut server_reader = server.try_clone().unwrap();
+                let mut client_writer = client.try_clone().unwrap();
+                thread::spawn(move || {
+                    let _ = io::copy(&mut server_reader, &mut client_writer);
+                    let _ = client_writer.shutdown(Shutdown::Both);
+                });
+                let (mut client_reader, mut server_writer) = (client, server);
+                thread::spawn(move || {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = client_reader.read(&mut chunk) {
+                        if n == 0 {
+                            break;
+                        }
+                        recording.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        if server_writer.write_all(&chunk[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_writer.shutdown(Shutdown::Both);
+                });
             }
-            recorded
         });
+        (addr, recordings)
+    }
+
+    #[test]
+    fn recorded_sessions_do_not_replay() {
+        let (b, b_rx) = Transport::start(config(2, SECRET)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (proxy_addr, recordings) = recording_proxy(b.local_addr(), Arc::clone(&stop));
         let mut a_config = config(1, SECRET);
         a_config.peers = vec![(2, proxy_addr)];
         let (a, _a_rx) = Transport::start(a_config).unwrap();
         send_until_received(&a, &b_rx, message(1, 2, 3));
         drop(a);
-        let recorded = recorder.join().unwrap();
-        assert!(recorded.len() > 100, "the recorder saw the session");
-        // ...and replays them on a fresh connection: the server's new nonce
-        // makes the recorded proof worthless.
-        let rejected_before = b.stats().handshakes_rejected;
-        let mut replay = TcpStream::connect(target).unwrap();
-        let _ = replay.write_all(&recorded);
-        replay
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut sink = Vec::new();
-        let _ = replay.read_to_end(&mut sink);
+        stop.store(true, Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(200));
+        // The session that carried the message is among the recordings.
+        let recorded: Vec<Vec<u8>> = recordings
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.lock().unwrap().clone())
+            .collect();
         assert!(
-            recv(&b_rx, 300).is_none(),
-            "a replayed session delivered a message"
+            recorded.iter().any(|r| r.len() > 100),
+            "the proxy saw no session"
         );
-        assert!(b.stats().handshakes_rejected > rejected_before);
+        // Replayed on fresh connections, each fails: the server's new nonce
+        // makes the recorded proof worthless.
+        for session in recorded.iter().filter(|r| !r.is_empty()) {
+            let rejected_before = b.stats().handshakes_rejected;
+            let mut replay = TcpStream::connect(b.local_addr()).unwrap();
+            let _ = replay.write_all(session);
+            replay
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut sink = Vec::new();
+            let _ = replay.read_to_end(&mut sink);
+            assert!(
+                recv(&b_rx, 100).is_none(),
+                "a replayed session delivered a message"
+            );
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while b.stats().handshakes_rejected == rejected_before && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            assert!(b.stats().handshakes_rejected > rejected_before);
+        }
     }
 
     #[test]
@@ -1471,6 +1510,67 @@ mod tests {
         );
         let second = recv(&b_rx, 20_000).expect("snapshot lost");
         assert_eq!(second.get_snapshot().get_data().len(), 64 * 1024 * 1024);
+    }
+
+    /// An authenticated session of node 1 to `server` (node 2), driven by hand.
+    fn handshake_as_node_1(server: SocketAddr) -> (TcpStream, SessionMac) {
+        let client = Shared {
+            node_id: 1,
+            cluster_id: 7,
+            secret: SECRET.to_vec(),
+            config: config(1, SECRET),
+            counters: Counters::default(),
+            shutdown: AtomicBool::new(false),
+            inbound_connections: AtomicUsize::new(0),
+            open_inbound: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(0),
+        };
+        let stream = TcpStream::connect(server).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reader = FrameReader::new(stream.try_clone().unwrap());
+        let mut writer = stream.try_clone().unwrap();
+        let mac = client_handshake(&mut reader, &mut writer, &client, 2, Lane::Regular).unwrap();
+        (stream, mac)
+    }
+
+    #[test]
+    fn authenticated_peer_cannot_speak_for_another_node() {
+        let (b, b_rx) = Transport::start(config(2, SECRET)).unwrap();
+        let (mut stream, mut mac) = handshake_as_node_1(b.local_addr());
+        let mut buf = Vec::new();
+        encode_message(&mut buf, &mut mac, &message(1, 2, 4)).unwrap();
+        stream.write_all(&buf).unwrap();
+        assert_eq!(recv(&b_rx, 5000).map(|m| m.get_term()), Some(4));
+        // Node 1 claims a message from node 3: the connection is closed.
+        buf.clear();
+        encode_message(&mut buf, &mut mac, &message(3, 2, 5)).unwrap();
+        encode_message(&mut buf, &mut mac, &message(1, 2, 6)).unwrap();
+        stream.write_all(&buf).unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        assert!(
+            recv(&b_rx, 200).is_none(),
+            "a spoofed or later message was delivered"
+        );
+        assert_eq!(b.stats().protocol_errors, 1);
+    }
+
+    #[test]
+    fn oversized_authenticated_frame_closes_the_connection() {
+        let mut b_config = config(2, SECRET);
+        b_config.max_frame_bytes = 4096;
+        let (b, b_rx) = Transport::start(b_config).unwrap();
+        let (mut stream, _mac) = handshake_as_node_1(b.local_addr());
+        // Claims 1 MiB: refused before anything is allocated or read.
+        stream
+            .write_all(&[0, 0x10, 0, 0, PROTOCOL_VERSION, KIND_RAFT])
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        assert!(recv(&b_rx, 100).is_none());
+        assert_eq!(b.stats().protocol_errors, 1);
     }
 
     #[test]
