@@ -170,7 +170,11 @@ fn run_client(mode: &str, port: u16, args: &[&str], server: Option<&Server>) -> 
 fn bind_submit_gsm_and_long_ucs2_then_query() {
     let setup = Setup::new("submit", "", "");
     let _server = setup.start();
-    let out = client("session", setup.smpp_port, &["--gsm", "3", "--long-ucs2"]);
+    let out = client(
+        "session",
+        setup.smpp_port,
+        &["--gsm", "3", "--long-ucs2", "--data-sm"],
+    );
     assert_eq!(out["bind"], 0, "{out}");
     assert_eq!(
         out["long_parts"], 2,
@@ -189,6 +193,53 @@ fn bind_submit_gsm_and_long_ucs2_then_query() {
         assert_eq!(out["queried"][*id], 1, "query_sm for {id}: {out}");
     }
     assert_eq!(out["query_errors"], 0, "{out}");
+    // data_sm is accepted the same way and answered with data_sm_resp.
+    assert_eq!(out["data_sm"]["status"], 0, "{out}");
+    let data_id = out["data_sm"]["message_id"].as_str().expect("data_sm id");
+    assert!(!unique.contains(&data_id), "data_sm got its own id: {out}");
+    assert_eq!(
+        out["queried"][data_id], 1,
+        "data_sm message is in the store: {out}"
+    );
+}
+
+/// Raw PDU: header plus body.
+fn raw_pdu(command_id: u32, sequence_number: u32, body: &[u8]) -> Vec<u8> {
+    let mut pdu = Vec::with_capacity(16 + body.len());
+    pdu.extend_from_slice(&(16 + body.len() as u32).to_be_bytes());
+    pdu.extend_from_slice(&command_id.to_be_bytes());
+    pdu.extend_from_slice(&0u32.to_be_bytes());
+    pdu.extend_from_slice(&sequence_number.to_be_bytes());
+    pdu.extend_from_slice(body);
+    pdu
+}
+
+#[test]
+fn enquire_link_both_ways_and_unbind() {
+    let setup = Setup::new("enquire", "enquire_link_interval_s = 1", "");
+    let _server = setup.start();
+    let mut stream =
+        TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], setup.smpp_port))).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // bind_transceiver: system_id, password, system_type, version 0x34, ton, npi, range.
+    let body = b"trial\0trial\0\0\x34\0\0\0";
+    stream.write_all(&raw_pdu(0x09, 1, body)).expect("bind");
+    assert_eq!(read_pdu_header(&mut stream), Some((0x8000_0009, 0)));
+    stream
+        .write_all(&raw_pdu(0x15, 2, b""))
+        .expect("enquire_link");
+    assert_eq!(read_pdu_header(&mut stream), Some((0x8000_0015, 0)));
+    // Quiet for longer than the interval: the server probes us.
+    assert_eq!(
+        read_pdu_header(&mut stream).map(|(id, _)| id),
+        Some(0x15),
+        "server sends enquire_link after the idle interval"
+    );
+    stream.write_all(&raw_pdu(0x06, 3, b"")).expect("unbind");
+    assert_eq!(read_pdu_header(&mut stream), Some((0x8000_0006, 0)));
+    assert!(closed_by_server(&mut stream, Duration::from_secs(5)));
 }
 
 #[test]
@@ -381,4 +432,35 @@ fn sigkill_mid_load_loses_no_acknowledged_message() {
         out["found"], out["acked"],
         "every acknowledged message survives SIGKILL: {out}"
     );
+}
+
+#[test]
+fn account_limits_senders_binds_and_source_addresses() {
+    let setup = Setup::new("limits", "", "allowed_senders = [\"OTHER\"]\nmax_binds = 1");
+    let _server = setup.start();
+    // The smpplib client sends from "TERN": not an allowed sender id.
+    let out = client("session", setup.smpp_port, &["--gsm", "1"]);
+    assert_eq!(out["bind"], 0, "{out}");
+    assert_eq!(
+        out["errors"],
+        serde_json::json!([0x0A]),
+        "ESME_RINVSRCADR: {out}"
+    );
+
+    // One bind held open: a second one exceeds max_binds.
+    let mut held =
+        TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], setup.smpp_port))).expect("connect");
+    held.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    held.write_all(&raw_pdu(0x09, 1, b"trial\0trial\0\0\x34\0\0\0"))
+        .expect("bind");
+    assert_eq!(read_pdu_header(&mut held), Some((0x8000_0009, 0)));
+    let out = client("bind", setup.smpp_port, &[]);
+    assert_eq!(out["bind"], 0x0D, "ESME_RBINDFAIL over max_binds: {out}");
+    drop(held);
+
+    let setup = Setup::new("allowed-ips", "", "allowed_ips = [\"10.0.0.0/8\"]");
+    let _server = setup.start();
+    let out = client("bind", setup.smpp_port, &[]);
+    assert_eq!(out["bind"], 0x0D, "loopback is outside 10.0.0.0/8: {out}");
 }

@@ -279,16 +279,11 @@ impl Connection {
             match self.decoder.decode(buf) {
                 Ok(None) => return Ok(()),
                 Ok(Some(Frame::Pdu(pdu))) => self.handle_pdu(pdu).await?,
-                Ok(Some(Frame::Rejected {
-                    header,
-                    error,
-                    reply,
-                })) => {
+                Ok(Some(Frame::Rejected { error, reply, .. })) => {
                     tracing::debug!(session = self.session_id, "rejected frame: {error}");
                     if let Some(reply) = reply {
                         self.push(&reply);
                     }
-                    let _ = header;
                 }
                 Err(framing) => {
                     tracing::info!(session = self.session_id, peer = %self.peer, "{framing}");
@@ -736,15 +731,20 @@ impl Connection {
             session: self.session_id,
         }
         .encode();
-        if let Err(status) = self.store_call(self.shard.store().propose(closed)).await {
-            tracing::warn!(
+        match self.store_call(self.shard.store().propose(closed)).await {
+            Ok(_) => tracing::debug!(
+                session = self.session_id,
+                account = bound.account.as_str(),
+                kind = ?bound.kind,
+                "bind closed"
+            ),
+            Err(status) => tracing::warn!(
                 session = self.session_id,
                 account = bound.account.as_str(),
                 ?status,
                 "bind close not recorded; the next NodeUp clears it"
-            );
+            ),
         }
-        let _ = bound.kind;
     }
 }
 

@@ -3,9 +3,9 @@
 
 Used by tests/serve_e2e.rs. Every mode prints one JSON object on stdout.
 
-    smpp_client.py session --port P [--system-id trial --password trial] [--gsm N] [--long-ucs2]
+    smpp_client.py session --port P [--system-id trial --password trial] [--gsm N] [--long-ucs2] [--data-sm]
         bind transceiver, submit N GSM messages and (optionally) a 2-part UCS-2
-        message with a UDH, wait for every submit_sm_resp, query_sm each id.
+        message with a UDH and a data_sm, wait for every response, query_sm each id.
     smpp_client.py bind --port P --password X       bind status only
     smpp_client.py burst --port P --count N          N submits without waiting; statuses counted
     smpp_client.py load --port P --out FILE          submits until the connection dies; every
@@ -21,6 +21,7 @@ import smpplib.client
 import smpplib.consts as c
 import smpplib.exceptions
 import smpplib.gsm
+import smpplib.smpp
 
 
 class Customer:
@@ -68,6 +69,23 @@ class Customer:
             data_coding=encoding, esm_class=esm_class, registered_delivery=1)
         return pdu.sequence
 
+    def data_sm(self, text):
+        """Sends one data_sm (text in message_payload); smpplib has no
+        data_sm_resp handler, so its answer is read here."""
+        pdu = smpplib.smpp.make_pdu(
+            "data_sm", client=self.client,
+            source_addr_ton=c.SMPP_TON_ALNUM, source_addr="TERN",
+            dest_addr_ton=c.SMPP_TON_INTL, dest_addr_npi=c.SMPP_NPI_ISDN,
+            destination_addr="447700900123", data_coding=0,
+            message_payload=text.encode("ascii"))
+        self.client.send_pdu(pdu)
+        while True:
+            resp = self.client.read_pdu()
+            if resp.command == "data_sm_resp" and resp.sequence == pdu.sequence:
+                mid = resp.message_id
+                mid = mid.decode() if isinstance(mid, bytes) else mid
+                return {"status": int(resp.status), "message_id": mid}
+
     def read_until(self, count):
         while self.answered() < count:
             self.client.read_once()
@@ -94,6 +112,10 @@ def mode_session(args):
                 cust.submit(parts=part, encoding=encoding, esm_class=esm_class)
                 sent += 1
         cust.read_until(sent)
+        if args.data_sm:
+            out["data_sm"] = cust.data_sm("data_sm from smpplib")
+            if out["data_sm"]["status"] == 0:
+                cust.query(out["data_sm"]["message_id"])
         for mid in cust.acks.values():
             cust.query(mid)
         out["acks"] = list(cust.acks.values())
@@ -168,6 +190,7 @@ def main():
     parser.add_argument("--password", default="trial")
     parser.add_argument("--gsm", type=int, default=0)
     parser.add_argument("--long-ucs2", action="store_true")
+    parser.add_argument("--data-sm", action="store_true")
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--out")
     parser.add_argument("--ids")
