@@ -70,6 +70,8 @@ pub struct SmppConfig {
     /// Bounds the graceful shutdown: how long to wait for in-flight
     /// proposals and unbind responses.
     pub shutdown_grace_ms: u64,
+    /// Open connections per core; more are closed as soon as accepted.
+    pub max_connections_per_core: u32,
 }
 
 impl Default for SmppConfig {
@@ -83,6 +85,7 @@ impl Default for SmppConfig {
             window: 100,
             max_in_flight_per_core: 65_536,
             shutdown_grace_ms: 5_000,
+            max_connections_per_core: 10_000,
         }
     }
 }
@@ -279,6 +282,10 @@ impl Config {
             (
                 "smpp.max_in_flight_per_core",
                 u64::from(self.smpp.max_in_flight_per_core),
+            ),
+            (
+                "smpp.max_connections_per_core",
+                u64::from(self.smpp.max_connections_per_core),
             ),
         ] {
             if value == 0 {

@@ -464,3 +464,53 @@ fn account_limits_senders_binds_and_source_addresses() {
     let out = client("bind", setup.smpp_port, &[]);
     assert_eq!(out["bind"], 0x0D, "loopback is outside 10.0.0.0/8: {out}");
 }
+
+#[test]
+fn sigterm_unbinds_customers_and_exits_cleanly() {
+    let setup = Setup::new("sigterm", "", "");
+    let mut server = setup.start();
+    let mut stream =
+        TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], setup.smpp_port))).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(&raw_pdu(0x09, 1, b"trial\0trial\0\0\x34\0\0\0"))
+        .expect("bind");
+    assert_eq!(read_pdu_header(&mut stream), Some((0x8000_0009, 0)));
+
+    let pid = libc::pid_t::try_from(server.child.id()).expect("pid fits");
+    // SAFETY: kill(2) on our own child's pid with a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut header = [0u8; 16];
+    stream
+        .read_exact(&mut header)
+        .expect("unbind from the server");
+    assert_eq!(&header[4..8], &0x06u32.to_be_bytes(), "unbind");
+    let mut resp = raw_pdu(0x8000_0006, 0, b"");
+    resp[12..16].copy_from_slice(&header[12..16]);
+    stream.write_all(&resp).expect("unbind_resp");
+    assert!(closed_by_server(&mut stream, Duration::from_secs(10)));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tern serve did not stop on SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "clean exit: {status}\n{}",
+        server.log_text()
+    );
+    assert!(
+        server.log_text().contains("stopped"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -45,6 +45,7 @@ pub struct SessionSettings {
     pub account_windows: HashMap<String, usize>,
     pub max_in_flight_per_core: usize,
     pub shutdown_grace_ms: u64,
+    pub max_connections_per_core: usize,
 }
 
 impl SessionSettings {
@@ -65,6 +66,7 @@ impl SessionSettings {
                 .collect(),
             max_in_flight_per_core: smpp.max_in_flight_per_core as usize,
             shutdown_grace_ms: smpp.shutdown_grace_ms,
+            max_connections_per_core: smpp.max_connections_per_core as usize,
         }
     }
 

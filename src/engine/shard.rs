@@ -188,6 +188,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let Ok(peer) = stream.peer_addr() else {
                     continue;
                 };
+                if shard.open_connections.get() >= shard.settings.max_connections_per_core {
+                    tracing::warn!(core = shard.index, %peer, "connection limit reached; closing");
+                    drop(stream);
+                    continue;
+                }
                 shard.open_connections.set(shard.open_connections.get() + 1);
                 let conn_shard = Rc::clone(&shard);
                 glommio::spawn_local(async move {
