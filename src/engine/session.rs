@@ -112,6 +112,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let session_id = shard.next_session_id();
     let settings = shard.settings();
+    // A customer that stops reading must not hold the connection forever.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(settings.dead_after_ms.max(1))));
     let now_ms = shard.now_ms();
     let (completions_tx, completions_rx) = local_channel::new_bounded(settings.max_window());
     let mut conn = Connection {
@@ -187,6 +189,11 @@ impl Connection {
                             let _ = stream.write_all(&self.out).await;
                         }
                         return reason;
+                    }
+                    // Reads win ties in `or`; a customer that keeps sending
+                    // still gets the answers that are ready.
+                    while let Some(Some(done)) = poll_once(completions.recv()).await {
+                        self.on_committed(done);
                     }
                 }
                 Event::Read(Err(_)) => return "read failed",
