@@ -10,13 +10,17 @@
 //! decides), the log format (the wal decides), what commands mean (the state
 //! machine decides), or sockets (the transport owns them).
 //!
-//! Group commit falls out of the loop's shape: the thread blocks in fdatasync
-//! while proposals queue up in its input channel, and the next iteration
-//! drains all of them into one raft entry and one sync.
+//! Group commit: the log lives on its own thread (raft-rs's asynchronous
+//! persistence, `advance_append_async` / `on_persist_ready` in the core). While
+//! one fdatasync runs, the store thread keeps sealing proposals into entries,
+//! replicating and applying; every write queued meanwhile shares the next
+//! sync, and messages that must follow a sync (`persisted_messages`) leave
+//! only when the log thread reports it done.
 //!
 //! Data directory layout: `log/` (the raft log segments), `state/` (durable
-//! state snapshots through `snapshot::PersistentState`) and `incarnation` (a boot counter,
-//! so a proposal made before a restart is never matched to one made after).
+//! state snapshots through `snapshot::PersistentState`) and `incarnation` (a
+//! boot counter, so a proposal made before a restart is never matched to one
+//! made after).
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, MessageType, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, HardState, MessageType, SnapshotMetadata};
 
 use super::command::{Accept, Account, Address, Command};
 use super::id::MessageId;
@@ -202,6 +206,7 @@ struct SharedMetrics {
     proposals_synced: AtomicU64,
     state_snapshots_saved: AtomicU64,
     snapshots_installed: AtomicU64,
+    log_bytes: AtomicU64,
     transport_dropped: AtomicU64,
 }
 
@@ -536,7 +541,7 @@ const MAX_CATCH_UP_TICKS: u32 = 3;
 struct Driver {
     node_id: u64,
     core: RaftCore<NodeState>,
-    log: RaftLog<FsDisk>,
+    log: LogWriter,
     transport: Transport,
     peer_rx: Receiver<raft::eraftpb::Message>,
     inputs: Receiver<Input>,
@@ -642,6 +647,8 @@ impl Driver {
         metrics.node_id.store(config.node_id, Ordering::Relaxed);
         let tick_interval = Duration::from_millis(config.tick_interval_ms.max(1));
         let log_bytes = log.stats().bytes;
+        metrics.log_bytes.store(log_bytes, Ordering::Relaxed);
+        let log = LogWriter::start(log, Arc::clone(&metrics), config.node_id)?;
         Ok(Driver {
             node_id: config.node_id,
             core,
@@ -673,8 +680,9 @@ impl Driver {
             self.settle()?;
         }
         while !self.stopping {
-            self.wait_for_work();
+            self.wait_for_work()?;
             self.drain_inputs();
+            self.collect_log_completions()?;
             self.fire_ticks();
             self.collect_durable_snapshots();
             if self.core.has_ready() {
@@ -695,7 +703,12 @@ impl Driver {
     fn settle(&mut self) -> Result<(), StoreError> {
         for _ in 0..64 {
             if !self.core.has_ready() {
-                break;
+                if self.log.outstanding == 0 {
+                    break;
+                }
+                let completed = self.log.wait()?;
+                self.on_log_completions(completed);
+                continue;
             }
             let actions = self.core.ready()?;
             self.execute(actions)?;
@@ -705,9 +718,9 @@ impl Driver {
 
     /// Blocks until an input, a peer message or the next tick, unless the
     /// core already has work.
-    fn wait_for_work(&mut self) {
+    fn wait_for_work(&mut self) -> Result<(), StoreError> {
         if self.core.has_ready() {
-            return;
+            return Ok(());
         }
         let timeout = self.next_tick.saturating_duration_since(Instant::now());
         crossbeam_channel::select! {
@@ -720,7 +733,29 @@ impl Driver {
                     self.core.step(message);
                 }
             },
+            recv(self.log.done) -> completed => {
+                let completed = LogWriter::received(completed)?;
+                self.log.outstanding -= completed.len();
+                self.on_log_completions(completed);
+            },
             default(timeout) => {},
+        }
+        Ok(())
+    }
+
+    /// Takes every batch the log thread finished since the last call.
+    fn collect_log_completions(&mut self) -> Result<(), StoreError> {
+        while let Some(completed) = self.log.try_completed()? {
+            self.on_log_completions(completed);
+        }
+        Ok(())
+    }
+
+    /// Raft-rs's order: what needed the sync goes out only after it.
+    fn on_log_completions(&mut self, completed: Vec<LogDone>) {
+        for done in completed {
+            self.send_messages(done.persisted_messages);
+            self.core.persisted(done.number);
         }
     }
 
@@ -823,31 +858,33 @@ impl Driver {
             self.metrics
                 .state_snapshots_saved
                 .fetch_add(1, Ordering::Relaxed);
-            self.log
-                .set_snapshot(metadata.index, metadata.term, metadata.get_conf_state())?;
-            self.log.sync()?;
-            self.log.compact(metadata.index)?;
+            self.log.submit(LogJob::Snapshot {
+                index: metadata.index,
+                term: metadata.term,
+                conf_state: metadata.get_conf_state().clone(),
+            })?;
             self.core.set_durable_snapshot_index(metadata.index);
-            self.log_bytes_at_last_snapshot = self.log.stats().bytes;
+            self.log_bytes_at_last_snapshot = self.metrics.log_bytes.load(Ordering::Relaxed);
         }
-        if !actions.entries.is_empty() {
-            self.log.append(&actions.entries)?;
+        let has_write = actions.number != 0
+            || !actions.entries.is_empty()
+            || actions.hard_state.is_some()
+            || actions.conf_state.is_some();
+        if has_write {
+            // A bare commit-index change (raft-rs: `must_sync` false) rides
+            // along with the next sync: losing it in a crash is harmless, the
+            // leader repeats it. Entries, votes and configuration are synced.
+            let must_sync =
+                actions.must_sync || !actions.entries.is_empty() || actions.conf_state.is_some();
+            self.log.submit(LogJob::Write {
+                number: actions.number,
+                entries: actions.entries,
+                hard_state: actions.hard_state,
+                conf_state: actions.conf_state,
+                must_sync,
+                persisted_messages: actions.persisted_messages,
+            })?;
         }
-        if let Some(hard_state) = &actions.hard_state {
-            self.log.set_hard_state(hard_state)?;
-        }
-        if let Some(conf_state) = &actions.conf_state {
-            self.log.set_conf_state(conf_state)?;
-        }
-        // A bare commit-index change (raft-rs: `must_sync` false) rides along
-        // with the next sync: losing it in a crash is harmless, the leader
-        // repeats it, and skipping it halves the fsyncs of a lightly loaded
-        // single voter. Entries, votes and configuration are synced now.
-        if actions.must_sync || !actions.entries.is_empty() || actions.conf_state.is_some() {
-            self.log.sync()?;
-        }
-        self.send_messages(actions.persisted_messages);
-        self.core.persisted(actions.number);
         for reply in actions.replies {
             let Some(waiter) = self.waiting.remove(&reply.request_id) else {
                 continue;
@@ -864,12 +901,11 @@ impl Driver {
                 index = compaction.index,
                 "compacting the log"
             );
-            if compaction.index > self.log.snapshot_index() {
-                self.log
-                    .set_snapshot(compaction.index, compaction.term, &compaction.conf_state)?;
-                self.log.sync()?;
-            }
-            self.log.compact(compaction.index)?;
+            self.log.submit(LogJob::Compact {
+                index: compaction.index,
+                term: compaction.term,
+                conf_state: compaction.conf_state,
+            })?;
         }
         Ok(())
     }
@@ -878,11 +914,8 @@ impl Driver {
     /// last one. The state is serialised here (it must be consistent with the
     /// applied index); the write and fsync happen on the snapshot thread.
     fn maybe_snapshot(&mut self) {
-        let written = self
-            .log
-            .stats()
-            .bytes
-            .saturating_sub(self.log_bytes_at_last_snapshot);
+        let log_bytes = self.metrics.log_bytes.load(Ordering::Relaxed);
+        let written = log_bytes.saturating_sub(self.log_bytes_at_last_snapshot);
         if written < self.snapshot_interval_log_bytes || self.snapshots.busy() {
             return;
         }
@@ -892,7 +925,7 @@ impl Driver {
         }
         let state = self.core.state_machine().snapshot();
         if self.snapshots.save_in_background(metadata, state) {
-            self.log_bytes_at_last_snapshot = self.log.stats().bytes;
+            self.log_bytes_at_last_snapshot = log_bytes;
         }
     }
 
@@ -908,14 +941,11 @@ impl Driver {
 
     fn publish_metrics(&self) {
         let core = self.core.metrics();
-        let log = self.log.stats();
         let m = &self.metrics;
         m.leader_id.store(core.leader_id, Ordering::Relaxed);
         m.term.store(core.term, Ordering::Relaxed);
         m.commit_index.store(core.commit_index, Ordering::Relaxed);
         m.applied_index.store(core.applied_index, Ordering::Relaxed);
-        m.log_syncs.store(log.syncs, Ordering::Relaxed);
-        m.log_entries_synced.store(log.entries, Ordering::Relaxed);
         m.proposals_synced
             .store(core.proposals_batched, Ordering::Relaxed);
         m.snapshots_installed
@@ -928,6 +958,213 @@ impl Driver {
             Ordering::Relaxed,
         );
     }
+}
+
+/// Work for the log thread, executed in submission order.
+enum LogJob {
+    /// One raft ready's worth of log writes; completes after the sync that
+    /// covers it (or at once, buffered, when nothing in it needs a sync).
+    Write {
+        number: u64,
+        entries: Vec<Entry>,
+        hard_state: Option<HardState>,
+        conf_state: Option<ConfState>,
+        must_sync: bool,
+        persisted_messages: Vec<raft::eraftpb::Message>,
+    },
+    /// A snapshot installed from the leader (its state already durable):
+    /// record it, sync, and drop what it covers.
+    Snapshot {
+        index: u64,
+        term: u64,
+        conf_state: ConfState,
+    },
+    /// Compaction chosen by the core: record the marker (synced) first.
+    Compact {
+        index: u64,
+        term: u64,
+        conf_state: ConfState,
+    },
+}
+
+/// A finished `LogJob::Write`: its messages may go and raft may count it.
+struct LogDone {
+    number: u64,
+    persisted_messages: Vec<raft::eraftpb::Message>,
+}
+
+/// Write jobs queued towards the log thread before the store thread waits.
+const LOG_QUEUE_CAPACITY: usize = 256;
+/// Jobs the log thread folds into one sync at most.
+const MAX_JOBS_PER_SYNC: usize = 1024;
+
+/// The raft log on its own thread (raft-rs's asynchronous persistence): the
+/// store thread hands over each ready's writes and keeps batching, applying
+/// and replicating while fdatasync runs; everything queued meanwhile shares
+/// the next sync.
+struct LogWriter {
+    jobs: Option<Sender<LogJob>>,
+    done: Receiver<Result<Vec<LogDone>, StoreError>>,
+    /// Write jobs submitted and not yet reported done.
+    outstanding: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    fn start(
+        log: RaftLog<FsDisk>,
+        metrics: Arc<SharedMetrics>,
+        node_id: u64,
+    ) -> Result<LogWriter, StoreError> {
+        let (jobs, job_rx) = crossbeam_channel::bounded(LOG_QUEUE_CAPACITY);
+        // Unbounded in type, bounded in fact: one message per sync, and at
+        // most LOG_QUEUE_CAPACITY jobs are ever outstanding.
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let thread = thread::Builder::new()
+            .name(format!("tern-log-{node_id}"))
+            .spawn(move || log_thread(log, &job_rx, &done_tx, &metrics))?;
+        Ok(LogWriter {
+            jobs: Some(jobs),
+            done,
+            outstanding: 0,
+            thread: Some(thread),
+        })
+    }
+
+    fn submit(&mut self, job: LogJob) -> Result<(), StoreError> {
+        if matches!(job, LogJob::Write { .. }) {
+            self.outstanding += 1;
+        }
+        let stopped = || StoreError::Raft("the log thread stopped".into());
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(job).map_err(|_| stopped())
+    }
+
+    fn received(
+        completed: Result<Result<Vec<LogDone>, StoreError>, crossbeam_channel::RecvError>,
+    ) -> Result<Vec<LogDone>, StoreError> {
+        completed.map_err(|_| StoreError::Raft("the log thread stopped".into()))?
+    }
+
+    fn try_completed(&mut self) -> Result<Option<Vec<LogDone>>, StoreError> {
+        match self.done.try_recv() {
+            Ok(completed) => {
+                let completed = completed?;
+                self.outstanding -= completed.len();
+                Ok(Some(completed))
+            }
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => {
+                Err(StoreError::Raft("the log thread stopped".into()))
+            }
+        }
+    }
+
+    fn wait(&mut self) -> Result<Vec<LogDone>, StoreError> {
+        let completed = Self::received(self.done.recv())?;
+        self.outstanding -= completed.len();
+        Ok(completed)
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // The thread finishes (and syncs) what was queued, then exits.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn log_thread(
+    mut log: RaftLog<FsDisk>,
+    jobs: &Receiver<LogJob>,
+    done: &Sender<Result<Vec<LogDone>, StoreError>>,
+    metrics: &SharedMetrics,
+) {
+    let mut batch = Vec::with_capacity(MAX_JOBS_PER_SYNC);
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < MAX_JOBS_PER_SYNC {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = run_log_jobs(&mut log, &mut batch);
+        let stats = log.stats();
+        metrics.log_syncs.store(stats.syncs, Ordering::Relaxed);
+        metrics
+            .log_entries_synced
+            .store(stats.entries, Ordering::Relaxed);
+        metrics.log_bytes.store(stats.bytes, Ordering::Relaxed);
+        let failed = result.is_err();
+        if done.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn run_log_jobs(
+    log: &mut RaftLog<FsDisk>,
+    batch: &mut Vec<LogJob>,
+) -> Result<Vec<LogDone>, StoreError> {
+    let mut completed = Vec::with_capacity(batch.len());
+    let mut need_sync = false;
+    for job in batch.drain(..) {
+        match job {
+            LogJob::Write {
+                number,
+                entries,
+                hard_state,
+                conf_state,
+                must_sync,
+                persisted_messages,
+            } => {
+                if !entries.is_empty() {
+                    log.append(&entries)?;
+                }
+                if let Some(hard_state) = &hard_state {
+                    log.set_hard_state(hard_state)?;
+                }
+                if let Some(conf_state) = &conf_state {
+                    log.set_conf_state(conf_state)?;
+                }
+                need_sync |= must_sync;
+                completed.push(LogDone {
+                    number,
+                    persisted_messages,
+                });
+            }
+            LogJob::Snapshot {
+                index,
+                term,
+                conf_state,
+            } => {
+                log.set_snapshot(index, term, &conf_state)?;
+                log.sync()?;
+                need_sync = false;
+                log.compact(index)?;
+            }
+            LogJob::Compact {
+                index,
+                term,
+                conf_state,
+            } => {
+                if index > log.snapshot_index() {
+                    log.set_snapshot(index, term, &conf_state)?;
+                    log.sync()?;
+                    need_sync = false;
+                }
+                log.compact(index)?;
+            }
+        }
+    }
+    if need_sync {
+        log.sync()?;
+    }
+    Ok(completed)
 }
 
 /// Reads, increments and durably rewrites the node's boot counter.

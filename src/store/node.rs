@@ -57,6 +57,12 @@ pub struct CoreConfig {
     pub incarnation: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// Election timeouts are drawn from `[min, max)` ticks; `None` is raft's
+    /// `[election_ticks, 2 * election_ticks)`. raft-rs draws them from its
+    /// thread-local RNG, so a simulation that must replay exactly from a seed
+    /// gives each node a seeded one-tick range (`(t, t + 1)`), which makes the
+    /// draw deterministic while nodes still differ.
+    pub election_timeout_range_ticks: Option<(usize, usize)>,
     /// A batch is sealed early once its envelope reaches this size.
     pub max_batch_bytes: usize,
     /// Proposals accepted but not yet answered; beyond this `propose` answers
@@ -75,6 +81,12 @@ pub struct CoreConfig {
     /// of the leader's last index.
     pub learner_catch_up_entries: u64,
     pub max_size_per_msg_bytes: u64,
+    /// Committed entries handed to the state machine per ready (a restart
+    /// replaying a long log applies it in slices, not in one allocation).
+    pub max_apply_bytes_per_ready: u64,
+    /// Proposed but uncommitted bytes a leader holds before it refuses new
+    /// batches (`Retry(Dropped)`): bounds memory while followers lag.
+    pub max_uncommitted_bytes: u64,
     pub max_inflight_msgs: usize,
     pub check_quorum: bool,
     pub pre_vote: bool,
@@ -88,6 +100,7 @@ impl CoreConfig {
             incarnation,
             election_ticks: 10,
             heartbeat_ticks: 2,
+            election_timeout_range_ticks: None,
             max_batch_bytes: 1 << 20,
             max_pending_proposals: 1 << 20,
             proposal_timeout_ticks: 50,
@@ -95,6 +108,8 @@ impl CoreConfig {
             compact_min_entries: 256,
             learner_catch_up_entries: 64,
             max_size_per_msg_bytes: 1 << 20,
+            max_apply_bytes_per_ready: 16 << 20,
+            max_uncommitted_bytes: 256 << 20,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
@@ -323,7 +338,7 @@ pub struct CoreMetrics {
 /// The durable copy lives in the driver's log; this one is filled from it at
 /// start and kept in step by the core (appends from each ready, installs,
 /// compaction).
-pub struct MemLog {
+struct MemLog {
     hard_state: HardState,
     conf_state: ConfState,
     /// The compaction point: entries up to here are gone.
@@ -576,6 +591,26 @@ fn decode_batch(data: &[u8]) -> Option<DecodedBatch<'_>> {
 }
 
 /// The raft node of one replica, free of I/O. See the module header.
+///
+/// A driver's loop, in outline:
+///
+/// ```text
+/// start:   (log, recovered) = RaftLog::open(..); restore the state machine from
+///          its durable snapshot (if any); start = LogStart::from_recovered(..),
+///          or LogStart::bootstrap(voters) for a new cluster's empty node;
+///          core = RaftCore::new(config, start, sm)
+/// loop:    feed inputs: core.propose(request_id, bytes) / core.step(msg) /
+///          core.tick() every tick / core.report_snapshot(..)
+///          while core.has_ready():
+///              a = core.ready()?        // seals the batch, applies commits
+///              execute `a` in the order documented on `Actions`
+///              (sync now, or keep `a.number` + `a.persisted_messages` until
+///              a later sync covers them, then send them and
+///              core.persisted(a.number))
+///          now and then: save the state machine durably at
+///          core.applied_snapshot_metadata(), then
+///          core.set_durable_snapshot_index(index)
+/// ```
 pub struct RaftCore<SM: StateMachine> {
     raw: RawNode<MemLog>,
     sm: SM,
@@ -641,8 +676,9 @@ impl<SM: StateMachine> RaftCore<SM> {
         // The commit index is persisted lazily; what the state machine applied
         // was certainly committed. It never exceeds the log (raft-rs would
         // panic): lowering it is always safe, the leader repeats it.
-        if log.hard_state.commit < state_applied {
-            log.hard_state.commit = state_applied;
+        let known_committed = state_applied.max(log.snapshot_index);
+        if log.hard_state.commit < known_committed {
+            log.hard_state.commit = known_committed;
         }
         if log.hard_state.commit > log.last() {
             log.hard_state.commit = log.last();
@@ -655,12 +691,18 @@ impl<SM: StateMachine> RaftCore<SM> {
             Vec::new()
         };
         let applied = state_applied.max(log.snapshot_index);
+        let (min_election_tick, max_election_tick) =
+            config.election_timeout_range_ticks.unwrap_or((0, 0));
         let raft_config = raft::Config {
             id: config.id,
+            min_election_tick,
+            max_election_tick,
             election_tick: config.election_ticks,
             heartbeat_tick: config.heartbeat_ticks,
             applied,
             max_size_per_msg: config.max_size_per_msg_bytes,
+            max_committed_size_per_ready: config.max_apply_bytes_per_ready,
+            max_uncommitted_size: config.max_uncommitted_bytes,
             max_inflight_msgs: config.max_inflight_msgs,
             check_quorum: config.check_quorum,
             pre_vote: config.pre_vote,
@@ -797,7 +839,12 @@ impl<SM: StateMachine> RaftCore<SM> {
     }
 
     /// Adds `id` as a learner and promotes it to voter once it has caught up.
+    /// Does nothing for a node that is already a voter (adding it as a
+    /// learner would demote it).
     pub fn add_voter_via_learner(&mut self, id: u64) -> Result<(), StoreError> {
+        if self.raw.store().conf_state.voters.contains(&id) {
+            return Ok(());
+        }
         let is_learner = self.raw.store().conf_state.learners.contains(&id);
         if !is_learner {
             self.propose_conf_change(single_change(id, ConfChangeType::AddLearnerNode))?;
@@ -816,7 +863,14 @@ impl<SM: StateMachine> RaftCore<SM> {
     }
 
     /// Removes `id` from the configuration (voter or learner).
+    /// The leader refuses to remove itself: transfer leadership first, so
+    /// the group never waits out an election for a leader that left.
     pub fn remove_node(&mut self, id: u64) -> Result<(), StoreError> {
+        if id == self.config.id {
+            return Err(StoreError::Raft(
+                "the leader cannot remove itself: transfer leadership first".into(),
+            ));
+        }
         self.promotions.retain(|(p, _)| *p != id);
         self.propose_conf_change(single_change(id, ConfChangeType::RemoveNode))
     }
@@ -1632,6 +1686,16 @@ mod tests {
             assert!(core.conf_state().learners.is_empty());
         }
         assert_eq!(cores[1].state_machine().commands.len(), 1);
+        // Re-adding a voter must not demote it; the leader cannot remove itself.
+        let leader = if cores[0].is_leader() { 0 } else { 1 };
+        let other = cores[1 - leader].id();
+        cores[leader].add_voter_via_learner(other).expect("no-op");
+        let leader_id = cores[leader].id();
+        assert!(cores[leader].remove_node(leader_id).is_err());
+        route(&mut cores, &mut replies);
+        for core in &cores {
+            assert!(core.conf_state().learners.is_empty(), "node {}", core.id());
+        }
     }
 
     /// Raw core throughput for one voter with an instant disk:
@@ -1664,6 +1728,39 @@ mod tests {
             batch
         );
         assert_eq!(committed, batch * rounds);
+    }
+
+    #[test]
+    fn state_ahead_of_the_log_is_repaired_from_the_state_snapshot_metadata() {
+        let sm = Recorder {
+            applied: 10,
+            commands: Vec::new(),
+        };
+        let mut meta = SnapshotMetadata {
+            index: 10,
+            term: 3,
+            ..SnapshotMetadata::default()
+        };
+        meta.set_conf_state(LogStart::bootstrap(&[1, 2, 3]).conf_state);
+        let mut start = LogStart::bootstrap(&[1, 2, 3]);
+        // Without the metadata the gap cannot be bridged.
+        assert!(matches!(
+            RaftCore::new(
+                CoreConfig::new(1, 1),
+                start.clone(),
+                Recorder {
+                    applied: 10,
+                    commands: Vec::new()
+                }
+            ),
+            Err(StoreError::Corrupt(_))
+        ));
+        start.state_snapshot = Some(meta.clone());
+        let mut core = RaftCore::new(CoreConfig::new(1, 1), start, sm).expect("repaired start");
+        assert_eq!(core.applied_index(), 10);
+        let actions = core.ready().expect("ready");
+        assert_eq!(actions.installed_snapshot, Some(meta));
+        assert_eq!(core.metrics().first_index, 11);
     }
 
     #[test]

@@ -15,14 +15,14 @@
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::rc::Rc;
 
 use raft::eraftpb::{ConfState, Message, MessageType, SnapshotMetadata};
 
 use super::command::{Account, BindKind, Command};
-use super::node::{Actions, CoreConfig, LogStart, ProposalResult, RaftCore};
+use super::node::{Actions, CoreConfig, CoreMetrics, LogStart, ProposalResult, RaftCore};
 use super::state::{AppState, ApplyOutcome};
 use super::wal::{LogOptions, RaftLog, SimDisk};
 use super::{StateMachine, StoreError};
@@ -311,10 +311,13 @@ pub enum Scenario {
     LeaderTransfer,
     /// Every fault at once: crashes, power loss, partitions, heavy loss.
     Chaos,
+    /// One voter (a single appliance) that loses power again and again: it
+    /// commits on its own sync, and nothing it acknowledged may vanish.
+    SingleVoter,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Steady,
         Scenario::LeaderCrash,
         Scenario::Partitions,
@@ -324,6 +327,7 @@ impl Scenario {
         Scenario::ReplaceWipedNode,
         Scenario::LeaderTransfer,
         Scenario::Chaos,
+        Scenario::SingleVoter,
     ];
 }
 
@@ -375,6 +379,7 @@ impl SimOptions {
 /// What a successful run saw (for assertions that a scenario did its job).
 #[derive(Debug, Clone, Default)]
 pub struct SimReport {
+    pub seed: u64,
     pub commands_proposed: u64,
     pub commands_acked: u64,
     pub retries: u64,
@@ -385,6 +390,8 @@ pub struct SimReport {
     pub crashes: u64,
     pub power_losses: u64,
     pub snapshots_installed: u64,
+    /// Snapshots installed per node (how each node caught up).
+    pub snapshots_installed_by_node: BTreeMap<u64, u64>,
     pub snapshots_built: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
@@ -392,6 +399,18 @@ pub struct SimReport {
     pub proposals_batched: u64,
     /// Accounts in the final AppState (shows the application state was fed).
     pub app_accounts: u64,
+}
+
+impl SimReport {
+    /// Adds the counters of one node's core (at a crash, a shutdown or the end).
+    fn absorb(&mut self, id: u64, metrics: &CoreMetrics) {
+        self.max_term = self.max_term.max(metrics.term);
+        self.snapshots_installed += metrics.snapshots_installed;
+        *self.snapshots_installed_by_node.entry(id).or_default() += metrics.snapshots_installed;
+        self.snapshots_built += metrics.snapshots_built;
+        self.batches_proposed += metrics.batches_proposed;
+        self.proposals_batched += metrics.proposals_batched;
+    }
 }
 
 /// A message on the wire, ordered by delivery step then send order.
@@ -429,7 +448,7 @@ struct RunningNode {
     compact_to: u64,
     /// request id -> (command id, attempts so far) for proposals this node
     /// has not answered.
-    requests: HashMap<u64, (u64, u32)>,
+    requests: BTreeMap<u64, (u64, u32)>,
 }
 
 struct SimNode {
@@ -505,6 +524,7 @@ impl Sim {
         };
         let (voters, spares): (Vec<u64>, Vec<u64>) = match sim.options.scenario {
             Scenario::Grow1To3 => (vec![1], vec![2, 3]),
+            Scenario::SingleVoter => (vec![1], vec![]),
             Scenario::ReplaceWipedNode => (vec![1, 2, 3], vec![4]),
             _ => (vec![1, 2, 3], vec![]),
         };
@@ -563,6 +583,7 @@ impl Sim {
         let violations = self.oracle.borrow().violations.clone();
         self.failures.extend(violations);
         if self.failures.is_empty() {
+            self.report.seed = self.options.seed;
             Ok(self.report)
         } else {
             let mut message = format!(
@@ -628,6 +649,9 @@ impl Sim {
 
     fn start_node(&mut self, id: u64) {
         let oracle = Rc::clone(&self.oracle);
+        // raft-rs would draw timeouts from its thread-local RNG: give each
+        // node incarnation a seeded timeout instead, so a seed replays exactly.
+        let election_timeout = 10 + self.rng.below(10) as usize;
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -663,6 +687,7 @@ impl Sim {
         }
         let mut config = CoreConfig::new(id, node.incarnations);
         config.election_ticks = 10;
+        config.election_timeout_range_ticks = Some((election_timeout, election_timeout + 1));
         config.heartbeat_ticks = 2;
         config.proposal_timeout_ticks = 40;
         config.compact_keep_entries = 30;
@@ -671,6 +696,8 @@ impl Sim {
         config.max_batch_bytes = 4096;
         config.max_size_per_msg_bytes = 16 * 1024;
         config.max_inflight_msgs = 16;
+        // Small enough that replay after a restart spans several readies.
+        config.max_apply_bytes_per_ready = 8 * 1024;
         match RaftCore::new(config, start, sm) {
             Ok(core) => {
                 node.running = Some(RunningNode {
@@ -678,7 +705,7 @@ impl Sim {
                     log,
                     unsynced: Vec::new(),
                     compact_to: 0,
-                    requests: HashMap::new(),
+                    requests: BTreeMap::new(),
                 });
                 node.restart_at = None;
             }
@@ -702,11 +729,7 @@ impl Sim {
         node.disk.power_cut(seed);
         node.restart_at = restart_at;
         self.report.crashes += 1;
-        let metrics = running.core.metrics();
-        self.report.snapshots_installed += metrics.snapshots_installed;
-        self.report.snapshots_built += metrics.snapshots_built;
-        self.report.batches_proposed += metrics.batches_proposed;
-        self.report.proposals_batched += metrics.proposals_batched;
+        self.report.absorb(id, running.core.metrics());
         for (command, attempts) in running.requests.values() {
             self.retry_queue
                 .push_back((self.step + 20, *command, attempts + 1));
@@ -1152,12 +1175,7 @@ impl Sim {
         }
         for node in self.nodes.values() {
             if let Some(r) = &node.running {
-                let m = r.core.metrics();
-                self.report.max_term = self.report.max_term.max(m.term);
-                self.report.snapshots_installed += m.snapshots_installed;
-                self.report.snapshots_built += m.snapshots_built;
-                self.report.batches_proposed += m.batches_proposed;
-                self.report.proposals_batched += m.proposals_batched;
+                self.report.absorb(node.id, r.core.metrics());
             }
         }
         self.report.final_applied_index = reference.map_or(0, |(i, _)| i);
@@ -1195,6 +1213,11 @@ impl Sim {
             Scenario::Partitions => self.random_partitions(tick, 15),
             Scenario::PowerLoss => {
                 if tick % 70 == 35 {
+                    self.power_loss();
+                }
+            }
+            Scenario::SingleVoter => {
+                if self.rng.chance_ppm(30_000) {
                     self.power_loss();
                 }
             }
@@ -1348,7 +1371,9 @@ impl Sim {
             .collect();
         for id in leavers {
             if let Some(node) = self.nodes.get_mut(&id) {
-                node.running = None;
+                if let Some(running) = node.running.take() {
+                    self.report.absorb(id, running.core.metrics());
+                }
                 node.retired = true;
                 node.restart_at = None;
             }
