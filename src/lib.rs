@@ -5,6 +5,8 @@
 //! message.
 
 pub mod cli;
+pub mod config;
+pub mod engine;
 pub mod runtime;
 pub mod smpp;
 pub mod store;

@@ -7,12 +7,14 @@
 //! reach the store only by proposing commands and reading applied state.
 
 pub mod command;
+pub mod driver;
 pub mod id;
 pub mod kv;
 pub mod node;
 pub mod sim;
 pub mod snapshot;
 pub mod state;
+pub mod transport;
 pub mod wal;
 
 use std::fmt;

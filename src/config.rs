@@ -1,0 +1,435 @@
+//! The node's configuration: one TOML file, or the embedded default.
+//!
+//! Owns: the file's shape (every key, its type and default), loading with
+//! unknown keys refused, and the checks that turn a bad value into an error
+//! naming the key and the file. Must not touch: sockets, the store or any
+//! runtime state; callers turn a `Config` into listeners and proposals.
+//!
+//! `tern.example.toml` at the repository root documents every key; the
+//! embedded default (`Config::embedded_default`) is what `tern serve` runs
+//! with no `--config`: one node, loopback only, a `trial` account.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file as written. Sections may be omitted; keys inside them default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub smpp: SmppConfig,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<AccountConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Raft node id, 1..=65535 (it is also part of every message id).
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// CPU cores that run connection executors; empty = every core this
+    /// process may use.
+    pub cores: Vec<usize>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            data_dir: PathBuf::from("./tern-data"),
+            cores: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmppConfig {
+    pub listen: String,
+    /// Largest PDU accepted; a bigger command_length closes the connection.
+    pub max_command_length: u32,
+    /// enquire_link sent after this long without a PDU from the customer.
+    pub enquire_link_interval_s: u64,
+    /// A customer silent this long is dropped.
+    pub dead_after_s: u64,
+    /// A connection that has not bound after this long is closed.
+    pub bind_timeout_s: u64,
+    /// Default per-bind window (requests awaiting our response); an
+    /// account's own `window` overrides it.
+    pub window: u32,
+    /// Proposals awaiting commit per core; beyond it submits get ESME_RMSGQFUL.
+    pub max_in_flight_per_core: u32,
+    /// Bounds the graceful shutdown: how long to wait for in-flight
+    /// proposals and unbind responses.
+    pub shutdown_grace_ms: u64,
+    /// Open connections per core; more are closed as soon as accepted.
+    pub max_connections_per_core: u32,
+}
+
+impl Default for SmppConfig {
+    fn default() -> Self {
+        SmppConfig {
+            listen: "127.0.0.1:2775".into(),
+            max_command_length: crate::smpp::frame::DEFAULT_MAX_COMMAND_LENGTH,
+            enquire_link_interval_s: 30,
+            dead_after_s: 90,
+            bind_timeout_s: 10,
+            window: 100,
+            max_in_flight_per_core: 65_536,
+            shutdown_grace_ms: 5_000,
+            max_connections_per_core: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Raft peer transport address of this node.
+    pub listen: String,
+    /// Other voters; empty for a single appliance.
+    pub peers: Vec<PeerConfig>,
+    /// Shared secret authenticating peers (same on every node).
+    pub secret: String,
+    pub tick_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            listen: "127.0.0.1:2790".into(),
+            peers: Vec::new(),
+            secret: "tern-single-node".into(),
+            tick_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub system_id: String,
+    /// Plain password (hashed before it reaches the log) ...
+    #[serde(default)]
+    pub password: Option<String>,
+    /// ... or an already hashed one (`tern$hmac-sha256$SALT$HASH`, hex).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Key for the HTTP API (kept in the configuration for the HTTP listener).
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Open binds across the cluster; 0 = unlimited.
+    #[serde(default)]
+    pub max_binds: u32,
+    /// Addresses or CIDR blocks allowed to bind; empty = any.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    /// Source addresses this account may send from; empty = any.
+    #[serde(default)]
+    pub allowed_senders: Vec<String>,
+    /// Submits per second across the node; 0 = unlimited.
+    #[serde(default)]
+    pub max_tps: u32,
+    /// Per-bind window; 0 = `smpp.window`.
+    #[serde(default)]
+    pub window: u32,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// A configuration that cannot be used; the text names the file and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{key}`: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const EMBEDDED_NAME: &str = "<embedded default>";
+
+/// The keys a [`Config`] resolves to once checked: addresses parsed, ranges
+/// filled in.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    pub smpp_listen: SocketAddr,
+    pub store_listen: SocketAddr,
+    pub peers: Vec<(u64, SocketAddr)>,
+}
+
+impl Config {
+    /// What `tern serve` runs without `--config`: one node under
+    /// `./tern-data`, SMPP on 127.0.0.1:2775, account `trial`/`trial`
+    /// allowed from loopback only.
+    pub fn embedded_default() -> Config {
+        Config {
+            node: NodeConfig::default(),
+            smpp: SmppConfig::default(),
+            store: StoreSection::default(),
+            accounts: vec![AccountConfig {
+                system_id: "trial".into(),
+                password: Some("trial".into()),
+                password_hash: None,
+                api_key: Some("trial".into()),
+                max_binds: 0,
+                allowed_ips: vec!["127.0.0.0/8".into(), "::1/128".into()],
+                allowed_senders: Vec::new(),
+                max_tps: 0,
+                window: 0,
+                enabled: true,
+            }],
+        }
+    }
+
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses `text` (named `file` in errors) and checks it.
+    pub fn parse(text: &str, file: &str) -> Result<Resolved, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            key: key_of_toml_error(text, &e),
+            message: e.message().to_string(),
+        })?;
+        config.resolve(file)
+    }
+
+    pub fn resolve_embedded(self) -> Result<Resolved, ConfigError> {
+        self.resolve(EMBEDDED_NAME)
+    }
+
+    fn resolve(self, file: &str) -> Result<Resolved, ConfigError> {
+        let error = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: Some(key.to_string()),
+            message,
+        };
+        if self.node.id == 0 || self.node.id > u64::from(u16::MAX) {
+            return Err(error("node.id", "must be 1..=65535".into()));
+        }
+        let smpp_listen = parse_addr(&self.smpp.listen).map_err(|m| error("smpp.listen", m))?;
+        let store_listen = parse_addr(&self.store.listen).map_err(|m| error("store.listen", m))?;
+        let mut peers = Vec::with_capacity(self.store.peers.len());
+        for (i, peer) in self.store.peers.iter().enumerate() {
+            let addr =
+                parse_addr(&peer.addr).map_err(|m| error(&format!("store.peers[{i}].addr"), m))?;
+            if peer.id == 0 || peer.id == self.node.id {
+                return Err(error(
+                    &format!("store.peers[{i}].id"),
+                    "must be non-zero and differ from node.id".into(),
+                ));
+            }
+            peers.push((peer.id, addr));
+        }
+        if self.store.secret.is_empty() {
+            return Err(error("store.secret", "must not be empty".into()));
+        }
+        if self.store.tick_ms == 0 {
+            return Err(error("store.tick_ms", "must be at least 1".into()));
+        }
+        if self.smpp.max_command_length < 16 {
+            return Err(error(
+                "smpp.max_command_length",
+                "must be at least 16 (the header)".into(),
+            ));
+        }
+        for (key, value) in [
+            (
+                "smpp.enquire_link_interval_s",
+                self.smpp.enquire_link_interval_s,
+            ),
+            ("smpp.dead_after_s", self.smpp.dead_after_s),
+            ("smpp.bind_timeout_s", self.smpp.bind_timeout_s),
+            ("smpp.window", u64::from(self.smpp.window)),
+            (
+                "smpp.max_in_flight_per_core",
+                u64::from(self.smpp.max_in_flight_per_core),
+            ),
+            (
+                "smpp.max_connections_per_core",
+                u64::from(self.smpp.max_connections_per_core),
+            ),
+        ] {
+            if value == 0 {
+                return Err(error(key, "must be at least 1".into()));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, account) in self.accounts.iter().enumerate() {
+            let key = |field: &str| format!("account[{i}].{field}");
+            if account.system_id.is_empty() || account.system_id.len() > 15 {
+                return Err(error(&key("system_id"), "must be 1..=15 characters".into()));
+            }
+            if !seen.insert(account.system_id.as_str()) {
+                return Err(error(
+                    &key("system_id"),
+                    format!("`{}` appears twice", account.system_id),
+                ));
+            }
+            match (&account.password, &account.password_hash) {
+                (Some(p), None) if p.len() <= 8 => {}
+                (Some(_), None) => {
+                    return Err(error(
+                        &key("password"),
+                        "SMPP passwords are at most 8 characters".into(),
+                    ))
+                }
+                (None, Some(h)) if crate::engine::auth::is_password_hash(h) => {}
+                (None, Some(_)) => {
+                    return Err(error(
+                        &key("password_hash"),
+                        "not of the form tern$hmac-sha256$SALT$HASH".into(),
+                    ))
+                }
+                _ => {
+                    return Err(error(
+                        &key("password"),
+                        "give exactly one of `password` and `password_hash`".into(),
+                    ))
+                }
+            }
+            for (j, cidr) in account.allowed_ips.iter().enumerate() {
+                if crate::engine::auth::Cidr::parse(cidr).is_none() {
+                    return Err(error(
+                        &key(&format!("allowed_ips[{j}]")),
+                        format!("`{cidr}` is not an address or CIDR block"),
+                    ));
+                }
+            }
+        }
+        Ok(Resolved {
+            config: self,
+            smpp_listen,
+            store_listen,
+            peers,
+        })
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    // "localhost:2775" and similar: resolve, but only to one address.
+    if let Some((host, port)) = text.rsplit_once(':') {
+        if host == "localhost" {
+            if let Ok(port) = port.parse::<u16>() {
+                return Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port));
+            }
+        }
+    }
+    Err(format!("`{text}` is not an address of the form IP:PORT"))
+}
+
+/// The dotted key a toml error points at: the message names unknown fields;
+/// otherwise the key on the line the error's span starts in.
+fn key_of_toml_error(text: &str, error: &toml::de::Error) -> Option<String> {
+    let message = error.message();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            return rest.get(..end).map(str::to_string);
+        }
+    }
+    let span = error.span()?;
+    let line_start = text.get(..span.start)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_resolves() {
+        let resolved = Config::embedded_default().resolve_embedded().unwrap();
+        assert_eq!(resolved.smpp_listen, "127.0.0.1:2775".parse().unwrap());
+        assert_eq!(resolved.config.accounts[0].system_id, "trial");
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../tern.example.toml");
+        let resolved = Config::parse(text, "tern.example.toml").unwrap();
+        assert!(!resolved.config.accounts.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let e =
+            Config::parse("[smpp]\nlisten = \"127.0.0.1:1\"\nwindw = 3\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("windw"));
+        assert!(e.to_string().starts_with("x.toml: key `windw`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = Config::parse("[smpp]\nwindow = \"ten\"\n", "y.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("window"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = Config::parse("[smpp]\nlisten = \"nowhere\"\n", "z.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("smpp.listen"));
+        let e =
+            Config::parse("[[store.peers]]\nid = 2\naddr = \"1.2.3.4\"\n", "z.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.peers[0].addr"));
+    }
+
+    #[test]
+    fn account_checks() {
+        let base = "[[account]]\nsystem_id = \"a\"\n";
+        let e = Config::parse(base, "f").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("account[0].password"));
+        let e = Config::parse(
+            &format!("{base}password = \"p\"\nallowed_ips = [\"10.0.0.0/33\"]\n"),
+            "f",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("account[0].allowed_ips[0]"));
+        let ok = Config::parse(&format!("{base}password = \"p\"\nmax_tps = 5\n"), "f").unwrap();
+        assert_eq!(ok.config.accounts[0].max_tps, 5);
+        assert!(ok.config.accounts[0].enabled);
+    }
+}

@@ -1,0 +1,926 @@
+//! One customer SMPP connection, server side, from accept to close.
+//!
+//! Owns: the connection's read buffer, framing, bind state (through
+//! `smpp::session`), authentication of the bind, the per-bind window, the
+//! throttle check, turning submit_sm / data_sm into an `Accept` proposal and
+//! answering only once it committed, query_sm from the store, enquire_link
+//! both ways, dropping a silent peer, and the unbind on shutdown. Must not
+//! touch: other connections, the store's internals (only `StoreHandle`), or
+//! routing and delivery to operators.
+//!
+//! Shape: one task per connection owns all of this state; it waits on
+//! whichever comes first of bytes from the socket, a committed proposal, or
+//! its next timer. Each proposal is awaited by a small task of its own that
+//! hands the outcome back through a channel bounded by the window, so the
+//! connection keeps reading while commits are in flight. Responses produced
+//! by one read are written with one write.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::future::{or, poll_once};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+
+use super::auth;
+use super::shard::Shard;
+use super::throttle::{per_core_rate, TokenBucket};
+use crate::smpp::command::CommandId;
+use crate::smpp::frame::{Frame, FrameDecoder};
+use crate::smpp::pdu::{
+    self, BindResp, Body, DataSm, DataSmResp, Pdu, QuerySm, QuerySmResp, SubmitSm, SubmitSmResp,
+    SystemId,
+};
+use crate::smpp::segment::parse_udh;
+use crate::smpp::session::{BindSession, KeepAlive, KeepAliveConfig, Role, SequenceNumbers};
+use crate::smpp::status::CommandStatus;
+use crate::smpp::time::{AbsoluteTime, SmppTime, TimeField};
+use crate::store::command::{Accept, Address, BindKind, Command, SegmentInfo};
+use crate::store::driver::ProposeError;
+use crate::store::id::{MessageId, MESSAGE_ID_TEXT_LEN};
+use crate::store::state::{ApplyOutcome, RejectReason};
+
+type S = CommandStatus;
+
+/// Bytes read from the socket at once.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// The system_id we answer binds with.
+const SERVER_SYSTEM_ID: &[u8] = b"tern";
+/// A bind or query waits this long for the store before answering RSYSERR.
+const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the connection looks at the shutdown flag when otherwise idle.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+/// The account a bind authenticated as, with what the hot path needs.
+struct Bound {
+    account: String,
+    kind: BindKind,
+    allowed_senders: Vec<String>,
+    bucket: Option<TokenBucket>,
+}
+
+/// What a proposal's task hands back.
+struct Completion {
+    sequence_number: u32,
+    request: CommandId,
+    id: MessageId,
+    result: Result<ApplyOutcome, ProposeError>,
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Committed(Option<Completion>),
+    Timer,
+}
+
+struct Connection {
+    shard: Rc<Shard>,
+    peer: SocketAddr,
+    session_id: u64,
+    decoder: FrameDecoder,
+    bind: BindSession,
+    keepalive: KeepAlive,
+    sequence: SequenceNumbers,
+    bound: Option<Bound>,
+    window: usize,
+    /// Our responses still owed (proposals in flight on this bind).
+    outstanding: usize,
+    out: BytesMut,
+    completions_tx: Rc<LocalSender<Completion>>,
+    bind_deadline_ms: u64,
+    /// Set once we decided to close: after the flush, or once `outstanding`
+    /// drains and the unbind is answered (or the grace period ends).
+    closing: Option<Closing>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// Close after writing what is queued.
+    Now,
+    /// We sent unbind; wait for in-flight commits and unbind_resp until the deadline.
+    Draining {
+        deadline_ms: u64,
+        unbind_answered: bool,
+    },
+}
+
+/// Serves one accepted connection until it closes. Never panics on input.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let session_id = shard.next_session_id();
+    let settings = shard.settings();
+    // A customer that stops reading must not hold the connection forever.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(settings.dead_after_ms.max(1))));
+    let now_ms = shard.now_ms();
+    let (completions_tx, completions_rx) = local_channel::new_bounded(settings.max_window());
+    let mut conn = Connection {
+        shard: Rc::clone(&shard),
+        peer,
+        session_id,
+        decoder: FrameDecoder::new(settings.max_command_length),
+        bind: BindSession::new(Role::Smsc),
+        keepalive: KeepAlive::new(
+            KeepAliveConfig {
+                enquire_after_idle_ms: settings.enquire_link_interval_ms,
+                dead_after_silence_ms: settings.dead_after_ms,
+            },
+            now_ms,
+        ),
+        sequence: SequenceNumbers::new(),
+        bound: None,
+        window: settings.default_window,
+        outstanding: 0,
+        out: BytesMut::with_capacity(4096),
+        completions_tx: Rc::new(completions_tx),
+        bind_deadline_ms: now_ms.saturating_add(settings.bind_timeout_ms),
+        closing: None,
+    };
+    tracing::debug!(session = session_id, %peer, "connection opened");
+    let reason = conn.run(&mut stream, &completions_rx).await;
+    tracing::debug!(session = session_id, %peer, reason, "connection closed");
+    conn.release_bind().await;
+    let _ = stream.close().await;
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        stream: &mut TcpStream,
+        completions: &LocalReceiver<Completion>,
+    ) -> &'static str {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            if !self.out.is_empty() {
+                if stream.write_all(&self.out).await.is_err() {
+                    return "write failed";
+                }
+                self.out.clear();
+            }
+            let now_ms = self.shard.now_ms();
+            if let Some(reason) = self.check_timers(now_ms) {
+                return reason;
+            }
+            let wait = self.next_wakeup(now_ms);
+            let event = or(
+                async { Event::Read(stream.read(&mut chunk).await) },
+                or(
+                    async { Event::Committed(completions.recv().await) },
+                    async {
+                        glommio::timer::sleep(wait).await;
+                        Event::Timer
+                    },
+                ),
+            )
+            .await;
+            match event {
+                Event::Read(Ok(0)) => return "peer closed",
+                Event::Read(Ok(n)) => {
+                    let Some(bytes) = chunk.get(..n) else {
+                        return "read overflow";
+                    };
+                    buf.extend_from_slice(bytes);
+                    self.keepalive.on_received(self.shard.now_ms());
+                    if let Err(reason) = self.handle_frames(&mut buf).await {
+                        if !self.out.is_empty() {
+                            let _ = stream.write_all(&self.out).await;
+                        }
+                        return reason;
+                    }
+                    // Reads win ties in `or`; a customer that keeps sending
+                    // still gets the answers that are ready.
+                    while let Some(Some(done)) = poll_once(completions.recv()).await {
+                        self.on_committed(done);
+                    }
+                }
+                Event::Read(Err(_)) => return "read failed",
+                Event::Committed(Some(completion)) => {
+                    self.on_committed(completion);
+                    // Gather every other outcome already waiting into the same write.
+                    while let Some(Some(more)) = poll_once(completions.recv()).await {
+                        self.on_committed(more);
+                    }
+                }
+                Event::Committed(None) => return "completion channel closed",
+                Event::Timer => {}
+            }
+        }
+    }
+
+    fn next_wakeup(&self, now_ms: u64) -> Duration {
+        let mut at_ms = self.keepalive.next_wakeup_ms();
+        if self.bound.is_none() {
+            at_ms = at_ms.min(self.bind_deadline_ms);
+        }
+        if let Some(Closing::Draining { deadline_ms, .. }) = self.closing {
+            at_ms = at_ms.min(deadline_ms);
+        }
+        Duration::from_millis(at_ms.saturating_sub(now_ms)).min(SHUTDOWN_POLL)
+    }
+
+    /// Keep-alive, bind timeout, shutdown and drain; `Some` means close now.
+    fn check_timers(&mut self, now_ms: u64) -> Option<&'static str> {
+        match self.closing {
+            Some(Closing::Now) => return Some("closed by us"),
+            Some(Closing::Draining {
+                deadline_ms,
+                unbind_answered,
+            }) => {
+                if self.outstanding == 0 && unbind_answered {
+                    return Some("unbound");
+                }
+                if now_ms >= deadline_ms {
+                    return Some("shutdown grace period over");
+                }
+            }
+            None => {}
+        }
+        if self.keepalive.is_peer_dead(now_ms) {
+            tracing::info!(session = self.session_id, peer = %self.peer, "dropping silent peer");
+            return Some("peer silent");
+        }
+        if self.bound.is_none() && now_ms >= self.bind_deadline_ms && self.closing.is_none() {
+            return Some("no bind in time");
+        }
+        if self.closing.is_none() && self.shard.stopping() {
+            if !self.bind.state().is_bound() {
+                return Some("shutting down");
+            }
+            let sequence_number = self.sequence.allocate();
+            self.push(&Pdu::new(sequence_number, Body::Unbind));
+            self.bind.apply(CommandId::Unbind, S::ESME_ROK);
+            self.closing = Some(Closing::Draining {
+                deadline_ms: now_ms.saturating_add(self.shard.settings().shutdown_grace_ms),
+                unbind_answered: false,
+            });
+            return None;
+        }
+        if self.closing.is_none() && self.keepalive.should_send_enquire(now_ms) {
+            let sequence_number = self.sequence.allocate();
+            self.push(&Pdu::new(sequence_number, Body::EnquireLink));
+            self.keepalive.on_enquire_sent(now_ms);
+        }
+        None
+    }
+
+    fn push(&mut self, pdu: &Pdu) {
+        if let Err(e) = pdu.encode(&mut self.out) {
+            // Our own responses always fit; a failure is a bug in building them.
+            debug_assert!(false, "response failed to encode: {e}");
+            tracing::error!(session = self.session_id, "cannot encode {pdu}: {e}");
+        }
+    }
+
+    fn respond_error(&mut self, request: CommandId, sequence_number: u32, status: CommandStatus) {
+        let reply = Pdu::error_response(request, sequence_number, status)
+            .unwrap_or_else(|| Pdu::generic_nack(sequence_number, status));
+        self.push(&reply);
+    }
+
+    /// Handles every whole frame in `buf`. `Err` closes the connection.
+    async fn handle_frames(&mut self, buf: &mut BytesMut) -> Result<(), &'static str> {
+        loop {
+            match self.decoder.decode(buf) {
+                Ok(None) => return Ok(()),
+                Ok(Some(Frame::Pdu(pdu))) => self.handle_pdu(pdu).await?,
+                Ok(Some(Frame::Rejected { error, reply, .. })) => {
+                    tracing::debug!(session = self.session_id, "rejected frame: {error}");
+                    if let Some(reply) = reply {
+                        self.push(&reply);
+                    }
+                }
+                Err(framing) => {
+                    tracing::info!(session = self.session_id, peer = %self.peer, "{framing}");
+                    self.push(&framing.nack());
+                    return Err("unframeable stream");
+                }
+            }
+            if matches!(self.closing, Some(Closing::Now)) {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle_pdu(&mut self, pdu: Pdu) -> Result<(), &'static str> {
+        let command = pdu.command_id();
+        let sequence_number = pdu.sequence_number;
+        if let Err(status) = self.bind.check_receive(command) {
+            if command.is_response() || command == CommandId::GenericNack {
+                return Ok(());
+            }
+            self.respond_error(command, sequence_number, status);
+            return Ok(());
+        }
+        match pdu.body {
+            Body::BindTransmitter(bind) => {
+                self.on_bind(bind, BindKind::Transmitter, sequence_number)
+                    .await
+            }
+            Body::BindReceiver(bind) => {
+                self.on_bind(bind, BindKind::Receiver, sequence_number)
+                    .await
+            }
+            Body::BindTransceiver(bind) => {
+                self.on_bind(bind, BindKind::Transceiver, sequence_number)
+                    .await
+            }
+            Body::SubmitSm(sm) => self.on_submit(&sm, sequence_number),
+            Body::DataSm(sm) => self.on_data_sm(&sm, sequence_number),
+            Body::QuerySm(query) => self.on_query(&query, sequence_number).await,
+            Body::EnquireLink => self.push(&Pdu::new(sequence_number, Body::EnquireLinkResp)),
+            Body::Unbind => {
+                self.bind.apply(CommandId::Unbind, S::ESME_ROK);
+                self.push(&Pdu::new(sequence_number, Body::UnbindResp));
+                if self.outstanding == 0 {
+                    self.closing = Some(Closing::Now);
+                } else {
+                    self.closing = Some(Closing::Draining {
+                        deadline_ms: self
+                            .shard
+                            .now_ms()
+                            .saturating_add(self.shard.settings().shutdown_grace_ms),
+                        unbind_answered: true,
+                    });
+                }
+            }
+            Body::UnbindResp => {
+                if let Some(Closing::Draining {
+                    unbind_answered, ..
+                }) = &mut self.closing
+                {
+                    *unbind_answered = true;
+                }
+            }
+            // Answers to our enquire_link, and acks we do not track yet.
+            Body::EnquireLinkResp
+            | Body::GenericNack
+            | Body::DeliverSmResp(_)
+            | Body::DataSmResp(_) => {}
+            _ if command.is_response() => {}
+            _ => self.respond_error(command, sequence_number, S::ESME_RINVCMDID),
+        }
+        Ok(())
+    }
+
+    async fn on_bind(&mut self, bind: pdu::Bind, kind: BindKind, sequence_number: u32) {
+        let response_id = match kind {
+            BindKind::Transmitter => CommandId::BindTransmitterResp,
+            BindKind::Receiver => CommandId::BindReceiverResp,
+            BindKind::Transceiver => CommandId::BindTransceiverResp,
+        };
+        match self.authenticate(&bind, kind).await {
+            Ok(bound) => {
+                self.shard.failed_binds().record_success(self.peer.ip());
+                self.window = self.shard.settings().window_for(&bound.account);
+                tracing::info!(
+                    session = self.session_id,
+                    peer = %self.peer,
+                    account = bound.account.as_str(),
+                    ?kind,
+                    "bound"
+                );
+                self.bound = Some(bound);
+                let body = bind_resp_body(response_id);
+                self.push(&Pdu::new(sequence_number, body));
+                self.bind.apply(response_id, S::ESME_ROK);
+            }
+            Err(status) => {
+                let delay_ms = self
+                    .shard
+                    .failed_binds()
+                    .record_failure(self.peer.ip(), self.shard.now_ms());
+                tracing::info!(
+                    session = self.session_id,
+                    peer = %self.peer,
+                    system_id = %String::from_utf8_lossy(bind.system_id.as_bytes()),
+                    status = status.name().unwrap_or("?"),
+                    delay_ms,
+                    "bind refused"
+                );
+                glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+                self.respond_error(bind_request_id(kind), sequence_number, status);
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        bind: &pdu::Bind,
+        kind: BindKind,
+    ) -> Result<Bound, CommandStatus> {
+        let Some(name) = bind.system_id.as_str().map(str::to_string) else {
+            return Err(S::ESME_RINVSYSID);
+        };
+        let lookup = name.clone();
+        let account = self
+            .store_call(
+                self.shard
+                    .store()
+                    .query(move |state| state.account(&lookup).cloned()),
+            )
+            .await?
+            .ok_or(S::ESME_RINVSYSID)?;
+        if !account.enabled {
+            return Err(S::ESME_RBINDFAIL);
+        }
+        if !auth::verify_password(bind.password.as_bytes(), &account.password_hash) {
+            return Err(S::ESME_RINVPASWD);
+        }
+        if !auth::address_allowed(&account.allowed_ips, self.peer.ip()) {
+            return Err(S::ESME_RBINDFAIL);
+        }
+        let opened = Command::BindOpened {
+            node: self.shard.node_id(),
+            session: self.session_id,
+            account: name.clone(),
+            kind,
+        }
+        .encode();
+        match self.store_call(self.shard.store().propose(opened)).await? {
+            ApplyOutcome::Applied | ApplyOutcome::Ignored => {}
+            ApplyOutcome::Rejected(RejectReason::TooManyBinds) => return Err(S::ESME_RBINDFAIL),
+            other => {
+                tracing::warn!(
+                    session = self.session_id,
+                    ?other,
+                    "bind registry refused the bind"
+                );
+                return Err(S::ESME_RBINDFAIL);
+            }
+        }
+        let bucket = per_core_rate(account.throughput_per_s, self.shard.cores())
+            .map(|rate| TokenBucket::new(rate, self.shard.now_ms()));
+        Ok(Bound {
+            account: name,
+            kind,
+            allowed_senders: account.allowed_senders,
+            bucket,
+        })
+    }
+
+    /// Awaits a store call with a deadline, mapping failures to RSYSERR.
+    async fn store_call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ProposeError>>,
+    ) -> Result<T, CommandStatus> {
+        match glommio::timer::timeout(STORE_CALL_TIMEOUT, async { Ok(call.await) }).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                tracing::warn!(session = self.session_id, "store call failed: {e}");
+                Err(S::ESME_RSYSERR)
+            }
+            Err(_) => {
+                tracing::warn!(session = self.session_id, "store call timed out");
+                Err(S::ESME_RSYSERR)
+            }
+        }
+    }
+
+    /// Window, throttle and in-flight checks shared by submit_sm and data_sm.
+    fn admit(&mut self) -> Result<(), CommandStatus> {
+        if self.outstanding >= self.window {
+            return Err(S::ESME_RTHROTTLED);
+        }
+        let now_ms = self.shard.now_ms();
+        if let Some(bound) = &mut self.bound {
+            if let Some(bucket) = &mut bound.bucket {
+                if !bucket.try_take(now_ms) {
+                    return Err(S::ESME_RTHROTTLED);
+                }
+            }
+        }
+        if !self.shard.try_reserve_in_flight() {
+            return Err(S::ESME_RMSGQFUL);
+        }
+        Ok(())
+    }
+
+    fn on_submit(&mut self, sm: &SubmitSm, sequence_number: u32) {
+        if let Err(rejection) = pdu::validate_submit(sm) {
+            self.respond_error(CommandId::SubmitSm, sequence_number, rejection.status);
+            return;
+        }
+        let fields = MessageFields {
+            source: (
+                sm.source_addr_ton,
+                sm.source_addr_npi,
+                sm.source_addr.as_bytes(),
+            ),
+            destination: (
+                sm.dest_addr_ton,
+                sm.dest_addr_npi,
+                sm.destination_addr.as_bytes(),
+            ),
+            data_coding: sm.data_coding,
+            esm_class: sm.esm_class,
+            protocol_id: sm.protocol_id,
+            priority: sm.priority_flag,
+            registered_delivery: sm.registered_delivery,
+            payload: sm.message(),
+            segment: segment_of(sm),
+            validity: sm.validity_period.as_bytes(),
+        };
+        self.accept(CommandId::SubmitSm, sequence_number, fields);
+    }
+
+    fn on_data_sm(&mut self, sm: &DataSm, sequence_number: u32) {
+        if let Err(status) = validate_data_sm(sm) {
+            self.respond_error(CommandId::DataSm, sequence_number, status);
+            return;
+        }
+        let segment = sar_segment(&sm.tlvs);
+        let fields = MessageFields {
+            source: (
+                sm.source_addr_ton,
+                sm.source_addr_npi,
+                sm.source_addr.as_bytes(),
+            ),
+            destination: (
+                sm.dest_addr_ton,
+                sm.dest_addr_npi,
+                sm.destination_addr.as_bytes(),
+            ),
+            data_coding: sm.data_coding,
+            esm_class: sm.esm_class,
+            protocol_id: 0,
+            priority: 0,
+            registered_delivery: sm.registered_delivery,
+            payload: sm.tlvs.message_payload().unwrap_or_default(),
+            segment,
+            validity: b"",
+        };
+        self.accept(CommandId::DataSm, sequence_number, fields);
+    }
+
+    fn accept(&mut self, request: CommandId, sequence_number: u32, fields: MessageFields<'_>) {
+        let Some(bound) = &self.bound else {
+            self.respond_error(request, sequence_number, S::ESME_RINVBNDSTS);
+            return;
+        };
+        if !bound.allowed_senders.is_empty()
+            && !bound
+                .allowed_senders
+                .iter()
+                .any(|s| s.as_bytes() == fields.source.2)
+        {
+            self.respond_error(request, sequence_number, S::ESME_RINVSRCADR);
+            return;
+        }
+        let received_at_ms = unix_now_ms();
+        let validity_until_ms = match parse_validity(fields.validity, received_at_ms) {
+            Ok(v) => v,
+            Err(status) => {
+                self.respond_error(request, sequence_number, status);
+                return;
+            }
+        };
+        if let Err(status) = self.admit() {
+            self.respond_error(request, sequence_number, status);
+            return;
+        }
+        let id = match self.shard.next_message_id() {
+            Ok(id) => id,
+            Err(e) => {
+                self.shard.release_in_flight();
+                tracing::error!(session = self.session_id, "no message id: {e}");
+                self.respond_error(request, sequence_number, S::ESME_RSYSERR);
+                return;
+            }
+        };
+        let account = match &self.bound {
+            Some(bound) => bound.account.clone(),
+            None => String::new(),
+        };
+        let command = Command::Accept(Accept {
+            id,
+            account,
+            source: address(fields.source),
+            destination: address(fields.destination),
+            data_coding: fields.data_coding,
+            esm_class: fields.esm_class,
+            protocol_id: fields.protocol_id,
+            priority: fields.priority,
+            registered_delivery: fields.registered_delivery,
+            payload: fields.payload.to_vec(),
+            segment: fields.segment,
+            received_at_ms,
+            validity_until_ms,
+            owner_node: self.shard.node_id(),
+        })
+        .encode();
+        let pending = match self.shard.store().try_propose(command) {
+            Ok(pending) => pending,
+            Err(e) => {
+                self.shard.release_in_flight();
+                let status = if e == ProposeError::Busy {
+                    S::ESME_RMSGQFUL
+                } else {
+                    S::ESME_RSYSERR
+                };
+                tracing::warn!(session = self.session_id, "proposal not queued: {e}");
+                self.respond_error(request, sequence_number, status);
+                return;
+            }
+        };
+        self.outstanding += 1;
+        let tx = Rc::clone(&self.completions_tx);
+        let shard = Rc::clone(&self.shard);
+        glommio::spawn_local(async move {
+            let result = pending.outcome().await;
+            shard.release_in_flight();
+            // The connection may be gone; its customer then never saw an ack.
+            let _ = tx
+                .send(Completion {
+                    sequence_number,
+                    request,
+                    id,
+                    result,
+                })
+                .await;
+        })
+        .detach();
+    }
+
+    fn on_committed(&mut self, completion: Completion) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let Completion {
+            sequence_number,
+            request,
+            id,
+            result,
+        } = completion;
+        let status = match result {
+            Ok(ApplyOutcome::Accepted(committed) | ApplyOutcome::Duplicate(committed)) => {
+                debug_assert_eq!(committed, id, "the store answered for another message");
+                S::ESME_ROK
+            }
+            Ok(ApplyOutcome::Rejected(reason)) => {
+                tracing::warn!(session = self.session_id, %id, ?reason, "accept rejected by the store");
+                S::ESME_RSUBMITFAIL
+            }
+            Ok(other) => {
+                tracing::error!(session = self.session_id, %id, ?other, "unexpected outcome of an accept");
+                S::ESME_RSYSERR
+            }
+            Err(ProposeError::Busy) => S::ESME_RMSGQFUL,
+            Err(e) => {
+                tracing::warn!(session = self.session_id, %id, "accept not committed: {e}");
+                S::ESME_RSYSERR
+            }
+        };
+        if status != S::ESME_ROK {
+            self.respond_error(request, sequence_number, status);
+            return;
+        }
+        let message_id = message_id_field(id);
+        let body = if request == CommandId::DataSm {
+            Body::DataSmResp(DataSmResp {
+                message_id,
+                tlvs: Default::default(),
+            })
+        } else {
+            Body::SubmitSmResp(SubmitSmResp { message_id })
+        };
+        self.push(&Pdu::new(sequence_number, body));
+    }
+
+    async fn on_query(&mut self, query: &QuerySm, sequence_number: u32) {
+        let Some(id) = query
+            .message_id
+            .as_str()
+            .and_then(|text| MessageId::parse(text).ok())
+        else {
+            self.respond_error(CommandId::QuerySm, sequence_number, S::ESME_RINVMSGID);
+            return;
+        };
+        let Some(bound) = &self.bound else {
+            self.respond_error(CommandId::QuerySm, sequence_number, S::ESME_RINVBNDSTS);
+            return;
+        };
+        let account = bound.account.clone();
+        let found = self
+            .store_call(self.shard.store().query(move |state| {
+                state.message(&id).and_then(|m| {
+                    (m.accept.account == account).then_some((m.state, m.done_at_ms, m.receipt_err))
+                })
+            }))
+            .await;
+        match found {
+            Ok(Some((state, done_at_ms, err))) => {
+                let final_date = done_at_ms
+                    .and_then(|ms| i64::try_from(ms).ok())
+                    .and_then(|ms| AbsoluteTime::from_unix_ms(ms).ok())
+                    .and_then(|t| pdu::SmppTime::new(&SmppTime::Absolute(t).format()))
+                    .unwrap_or_default();
+                let body = Body::QuerySmResp(QuerySmResp {
+                    message_id: query.message_id,
+                    final_date,
+                    message_state: state.receipt_code(),
+                    error_code: u8::try_from(err).unwrap_or(u8::MAX),
+                });
+                self.push(&Pdu::new(sequence_number, body));
+            }
+            Ok(None) => self.respond_error(CommandId::QuerySm, sequence_number, S::ESME_RQUERYFAIL),
+            Err(status) => self.respond_error(CommandId::QuerySm, sequence_number, status),
+        }
+    }
+
+    /// Records the end of a bind in the registry (bounded wait).
+    async fn release_bind(&mut self) {
+        let Some(bound) = self.bound.take() else {
+            return;
+        };
+        let closed = Command::BindClosed {
+            node: self.shard.node_id(),
+            session: self.session_id,
+        }
+        .encode();
+        match self.store_call(self.shard.store().propose(closed)).await {
+            Ok(_) => tracing::debug!(
+                session = self.session_id,
+                account = bound.account.as_str(),
+                kind = ?bound.kind,
+                "bind closed"
+            ),
+            Err(status) => tracing::warn!(
+                session = self.session_id,
+                account = bound.account.as_str(),
+                ?status,
+                "bind close not recorded; the next NodeUp clears it"
+            ),
+        }
+    }
+}
+
+/// The parts of submit_sm / data_sm that become an `Accept`.
+struct MessageFields<'a> {
+    source: (u8, u8, &'a [u8]),
+    destination: (u8, u8, &'a [u8]),
+    data_coding: u8,
+    esm_class: u8,
+    protocol_id: u8,
+    priority: u8,
+    registered_delivery: u8,
+    payload: Bytes,
+    segment: Option<SegmentInfo>,
+    validity: &'a [u8],
+}
+
+fn address((ton, npi, digits): (u8, u8, &[u8])) -> Address {
+    Address {
+        ton,
+        npi,
+        digits: String::from_utf8_lossy(digits).into_owned(),
+    }
+}
+
+fn bind_request_id(kind: BindKind) -> CommandId {
+    match kind {
+        BindKind::Transmitter => CommandId::BindTransmitter,
+        BindKind::Receiver => CommandId::BindReceiver,
+        BindKind::Transceiver => CommandId::BindTransceiver,
+    }
+}
+
+fn bind_resp_body(response: CommandId) -> Body {
+    let resp = BindResp {
+        system_id: SystemId::new(SERVER_SYSTEM_ID).unwrap_or_default(),
+        tlvs: Default::default(),
+    };
+    match response {
+        CommandId::BindTransmitterResp => Body::BindTransmitterResp(resp),
+        CommandId::BindReceiverResp => Body::BindReceiverResp(resp),
+        _ => Body::BindTransceiverResp(resp),
+    }
+}
+
+fn message_id_field(id: MessageId) -> pdu::MessageId {
+    let mut text = [0u8; MESSAGE_ID_TEXT_LEN];
+    id.encode_text(&mut text);
+    // 20 characters always fit the 65-octet field.
+    pdu::MessageId::new(&text).unwrap_or_default()
+}
+
+/// Where this part sits in a long message: the UDH's concatenation element,
+/// else the SAR TLVs. Messages without either are whole.
+fn segment_of(sm: &SubmitSm) -> Option<SegmentInfo> {
+    if sm.has_udh() {
+        if let Ok((header, _)) = parse_udh(&sm.message()) {
+            if let Some(part) = header.concat {
+                return Some(SegmentInfo {
+                    reference: part.reference,
+                    total: part.total,
+                    sequence: part.seqnum,
+                });
+            }
+        }
+    }
+    sar_segment(&sm.tlvs)
+}
+
+fn sar_segment(tlvs: &crate::smpp::tlv::Tlvs) -> Option<SegmentInfo> {
+    Some(SegmentInfo {
+        reference: tlvs.sar_msg_ref_num()?,
+        total: tlvs.sar_total_segments()?,
+        sequence: tlvs.sar_segment_seqnum()?,
+    })
+}
+
+fn parse_validity(field: &[u8], now_ms: u64) -> Result<Option<u64>, CommandStatus> {
+    if field.is_empty() {
+        return Ok(None);
+    }
+    let invalid = TimeField::ValidityPeriod.invalid_status();
+    let time = SmppTime::parse(field).map_err(|_| invalid)?;
+    let now = i64::try_from(now_ms).map_err(|_| invalid)?;
+    let until = time.resolve_unix_ms(now).map_err(|_| invalid)?;
+    Ok(Some(u64::try_from(until).unwrap_or(0)))
+}
+
+/// data_sm has no validator in `smpp::pdu`; these are the checks submit_sm's
+/// would make on the fields data_sm has.
+fn validate_data_sm(sm: &DataSm) -> Result<(), CommandStatus> {
+    if !pdu::valid_ton(sm.source_addr_ton) {
+        return Err(S::ESME_RINVSRCTON);
+    }
+    if !pdu::valid_npi(sm.source_addr_npi) {
+        return Err(S::ESME_RINVSRCNPI);
+    }
+    if !pdu::valid_ton(sm.dest_addr_ton) {
+        return Err(S::ESME_RINVDSTTON);
+    }
+    if !pdu::valid_npi(sm.dest_addr_npi) {
+        return Err(S::ESME_RINVDSTNPI);
+    }
+    if sm.destination_addr.is_empty() {
+        return Err(S::ESME_RINVDSTADR);
+    }
+    if !pdu::supported_data_coding(sm.data_coding) {
+        return Err(S::ESME_RINVDCS);
+    }
+    match sm.tlvs.message_payload() {
+        Some(payload) if !payload.is_empty() => Ok(()),
+        _ => Err(S::ESME_RMISSINGOPTPARAM),
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_parsing() {
+        assert_eq!(parse_validity(b"", 1000), Ok(None));
+        assert_eq!(parse_validity(b"000000000100000R", 1000), Ok(Some(61_000)));
+        assert_eq!(parse_validity(b"garbage", 0), Err(S::ESME_RINVEXPIRY));
+    }
+
+    #[test]
+    fn message_id_fits_the_response() {
+        let id = MessageId::from_parts(3, 1, 0, 42).unwrap();
+        let field = message_id_field(id);
+        assert_eq!(field.len(), MESSAGE_ID_TEXT_LEN);
+        assert_eq!(MessageId::parse(field.as_str().unwrap()).unwrap(), id);
+    }
+
+    #[test]
+    fn data_sm_needs_a_payload() {
+        let mut sm = DataSm {
+            destination_addr: pdu::LongAddress::new(b"447700900123").unwrap(),
+            dest_addr_ton: 1,
+            dest_addr_npi: 1,
+            ..DataSm::default()
+        };
+        assert_eq!(validate_data_sm(&sm), Err(S::ESME_RMISSINGOPTPARAM));
+        sm.tlvs.set_message_payload(b"hi").unwrap();
+        assert_eq!(validate_data_sm(&sm), Ok(()));
+        sm.data_coding = 0x05;
+        assert_eq!(validate_data_sm(&sm), Err(S::ESME_RINVDCS));
+    }
+
+    #[test]
+    fn segments_from_sar() {
+        let mut sm = SubmitSm::default();
+        assert_eq!(segment_of(&sm), None);
+        sm.tlvs.set_sar_msg_ref_num(7).unwrap();
+        sm.tlvs.set_sar_total_segments(2).unwrap();
+        sm.tlvs.set_sar_segment_seqnum(1).unwrap();
+        assert_eq!(
+            segment_of(&sm),
+            Some(SegmentInfo {
+                reference: 7,
+                total: 2,
+                sequence: 1
+            })
+        );
+    }
+}
