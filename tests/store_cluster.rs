@@ -364,6 +364,19 @@ fn leader_killed_under_load_then_old_leader_rejoins_and_agrees() {
     // The new leader takes proposals: enough to push the log past the killed
     // node's position and through several snapshots.
     acked.extend(propose_stream(nodes[new_leader].as_mut().unwrap(), 2, 0, 3000, 64, None).acked);
+    // A follower takes proposals too: raft forwards them to the leader and
+    // the follower answers once it applied them.
+    let follower = (0..nodes.len())
+        .find(|&p| p != leader && p != new_leader)
+        .unwrap();
+    let from_follower =
+        propose_stream(nodes[follower].as_mut().unwrap(), 5, 0, 300, 32, None).acked;
+    assert_eq!(
+        from_follower.len(),
+        300,
+        "proposals through a follower were not all acknowledged"
+    );
+    acked.extend(from_follower);
     for node in nodes.iter_mut().flatten() {
         assert_eq!(
             node.missing(&acked),

@@ -601,22 +601,14 @@ impl Driver {
             metadata.set_conf_state(conf_state);
             state_snapshot = Some(metadata);
         }
-        let log_is_empty = recovered.entries.is_empty()
-            && recovered.snapshot_index == 0
-            && recovered.hard_state == Default::default()
-            && recovered.conf_state == ConfState::default();
-        let start = if log_is_empty && state_snapshot.is_none() && !config.initial_voters.is_empty()
+        let recovered_start = LogStart::from_recovered(recovered, state_snapshot.clone());
+        let start = if recovered_start.is_empty()
+            && state_snapshot.is_none()
+            && !config.initial_voters.is_empty()
         {
             LogStart::bootstrap(&config.initial_voters)
         } else {
-            LogStart {
-                hard_state: recovered.hard_state,
-                conf_state: recovered.conf_state,
-                snapshot_index: recovered.snapshot_index,
-                snapshot_term: recovered.snapshot_term,
-                entries: recovered.entries,
-                state_snapshot: state_snapshot.clone(),
-            }
+            recovered_start
         };
         tracing::info!(
             node = config.node_id,

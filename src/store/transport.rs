@@ -285,6 +285,7 @@ struct PeerLane {
 }
 
 struct Peer {
+    addr: SocketAddr,
     regular: PeerLane,
     snapshot: PeerLane,
 }
@@ -371,15 +372,23 @@ impl Transport {
         }
     }
 
-    /// Adds a peer or moves it to a new address (its connections restart).
+    /// Adds a peer or moves it to a new address (its connections restart;
+    /// the same address again changes nothing).
     pub fn set_peer(&mut self, id: u64, addr: SocketAddr) -> Result<(), StoreError> {
-        if id == self.shared.node_id {
+        if id == self.shared.node_id || self.peers.get(&id).is_some_and(|p| p.addr == addr) {
             return Ok(());
         }
         self.remove_peer(id);
         let regular = spawn_writer(&self.shared, id, addr, Lane::Regular)?;
         let snapshot = spawn_writer(&self.shared, id, addr, Lane::Snapshot)?;
-        self.peers.insert(id, Peer { regular, snapshot });
+        self.peers.insert(
+            id,
+            Peer {
+                addr,
+                regular,
+                snapshot,
+            },
+        );
         Ok(())
     }
 
@@ -387,7 +396,9 @@ impl Transport {
     pub fn remove_peer(&mut self, id: u64) {
         if let Some(peer) = self.peers.remove(&id) {
             // Dropping the queue senders tells the writers to exit.
-            let Peer { regular, snapshot } = peer;
+            let Peer {
+                regular, snapshot, ..
+            } = peer;
             drop(regular.queue);
             drop(snapshot.queue);
             join_quietly(regular.writer);
