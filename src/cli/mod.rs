@@ -2,7 +2,9 @@
 //! subcommand. Owns: parsing, human and JSON output. Must not touch: protocol
 //! or storage internals beyond their public APIs.
 
+pub mod bench;
 pub mod pdu;
+pub mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -25,11 +27,18 @@ pub enum Command {
     /// Decode or encode SMPP PDUs: the first tool when troubleshooting an operator link.
     #[command(subcommand)]
     Pdu(pdu::PduCommand),
+    /// Operator SMSC simulator: answers binds and submits, sends receipts and MO, injects faults.
+    Sim(sim::SimArgs),
+    /// Load generators.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Pdu(command) => pdu::run(command),
+        Command::Sim(args) => sim::run(args),
+        Command::Bench(command) => bench::run(command),
     }
 }
