@@ -1,0 +1,214 @@
+//! `tern sim` and `tern bench smpp` as real processes on 127.0.0.1: the load
+//! generator against the simulator (receipts matched, throttling counted),
+//! garbage on the wire, and a Python smpplib customer against the simulator.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TERN: &str = env!("CARGO_BIN_EXE_tern");
+
+struct Sim {
+    child: Child,
+    addr: SocketAddr,
+    report: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    fn start(extra: &[&str]) -> Sim {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = dir.path().join("report.json");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = Command::new(TERN)
+            .args(["sim", "--listen", &addr.to_string(), "--report-json"])
+            .arg(&report)
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tern sim");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tern sim did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sim {
+            child,
+            addr,
+            report,
+            _dir: dir,
+        }
+    }
+
+    /// SIGINT, then the report it wrote at exit.
+    fn stop(mut self) -> Value {
+        // SAFETY: kill(2) on the pid of a child we started and still own.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let status = self.child.wait().expect("wait for tern sim");
+        assert!(status.success(), "tern sim exited with {status}");
+        let text = std::fs::read_to_string(&self.report).expect("report written at exit");
+        serde_json::from_str(&text).expect("report is JSON")
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bench(addr: SocketAddr, extra: &[&str]) -> Value {
+    let out = Command::new(TERN)
+        .args(["bench", "smpp", "--target", &addr.to_string(), "--json"])
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tern bench smpp");
+    assert!(
+        out.status.success(),
+        "tern bench smpp failed: {}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).expect("bench prints one JSON object")
+}
+
+fn u(v: &Value, path: &str) -> u64 {
+    v.pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
+}
+
+#[test]
+fn every_submit_acknowledged_and_every_receipt_matched() {
+    let sim = Sim::start(&["--receipt-delay-ms", "5", "--receipt-jitter-ms", "20"]);
+    let report = bench(
+        sim.addr,
+        &[
+            "--binds",
+            "4",
+            "--window",
+            "32",
+            "--count",
+            "2000",
+            "--dlr",
+            "--dlr-wait-s",
+            "20",
+        ],
+    );
+    assert_eq!(u(&report, "/submitted"), 2000, "{report}");
+    assert_eq!(u(&report, "/acknowledged"), 2000, "{report}");
+    assert_eq!(u(&report, "/timeouts"), 0, "{report}");
+    assert_eq!(u(&report, "/receipts/expected"), 2000, "{report}");
+    assert_eq!(u(&report, "/receipts/matched"), 2000, "{report}");
+    assert_eq!(u(&report, "/receipts/missing"), 0, "{report}");
+    assert_eq!(u(&report, "/receipts/duplicated"), 0, "{report}");
+    assert_eq!(u(&report, "/receipts/unknown"), 0, "{report}");
+    assert!(report["errors"].as_object().is_some_and(|e| e.is_empty()));
+    let sim_report = sim.stop();
+    assert_eq!(u(&sim_report, "/totals/submits_ok"), 2000);
+    assert_eq!(u(&sim_report, "/totals/receipts_acked"), 2000);
+    assert_eq!(u(&sim_report, "/per_destination/447900000001"), 2000);
+}
+
+#[test]
+fn throttling_is_counted_by_status_name() {
+    // One core, so "every 10th submit" is exact for the whole run.
+    let sim = Sim::start(&["--cores", "0", "--throttle-every", "10"]);
+    let report = bench(
+        sim.addr,
+        &["--binds", "2", "--window", "16", "--count", "1000"],
+    );
+    assert_eq!(u(&report, "/submitted"), 1000, "{report}");
+    assert_eq!(u(&report, "/errors/ESME_RTHROTTLED"), 100, "{report}");
+    assert_eq!(u(&report, "/acknowledged"), 900, "{report}");
+    let sim_report = sim.stop();
+    assert_eq!(u(&sim_report, "/totals/throttled"), 100);
+}
+
+fn read_pdu(stream: &mut TcpStream) -> Vec<u8> {
+    let mut header = [0u8; 16];
+    stream.read_exact(&mut header).expect("a PDU header");
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let mut pdu = header.to_vec();
+    pdu.resize(len.max(16), 0);
+    stream.read_exact(&mut pdu[16..]).expect("the PDU body");
+    pdu
+}
+
+#[test]
+fn garbage_gets_a_generic_nack_and_others_are_still_served() {
+    let sim = Sim::start(&[]);
+    let mut raw = TcpStream::connect(sim.addr).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // A well-framed PDU with an unknown command_id: generic_nack, connection kept.
+    raw.write_all(&[0, 0, 0, 16, 0x00, 0x0A, 0xBC, 0xDE, 0, 0, 0, 0, 0, 0, 0, 7])
+        .expect("write");
+    let nack = read_pdu(&mut raw);
+    assert_eq!(&nack[4..8], &[0x80, 0, 0, 0], "generic_nack");
+    assert_eq!(&nack[8..12], &[0, 0, 0, 3], "ESME_RINVCMDID");
+    assert_eq!(&nack[12..16], &[0, 0, 0, 7], "sequence echoed");
+    // A 4 GiB command_length: generic_nack(ESME_RINVCMDLEN), then the close.
+    raw.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8])
+        .expect("write");
+    let nack = read_pdu(&mut raw);
+    assert_eq!(&nack[4..8], &[0x80, 0, 0, 0], "generic_nack");
+    assert_eq!(&nack[8..12], &[0, 0, 0, 2], "ESME_RINVCMDLEN");
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing after the nack but the close");
+    let report = bench(sim.addr, &["--count", "200"]);
+    assert_eq!(u(&report, "/acknowledged"), 200, "{report}");
+    let sim_report = sim.stop();
+    assert_eq!(u(&sim_report, "/totals/generic_nacks"), 2);
+}
+
+#[test]
+fn an_smpplib_customer_gets_its_receipt() {
+    let sim = Sim::start(&["--id-format", "dec"]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/smpplib_sim_client.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(sim.addr.ip().to_string())
+        .arg(sim.addr.port().to_string())
+        .output()
+        .expect("python3 must be installed (run .ci/run, which installs it with smpplib)");
+    assert!(
+        out.status.success(),
+        "smpplib client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    let id = result["message_id"].as_str().expect("submit_sm_resp id");
+    assert!(id.bytes().all(|b| b.is_ascii_digit()), "decimal ids: {id}");
+    assert_eq!(
+        result["receipted_message_id"].as_str(),
+        Some(id),
+        "{result}"
+    );
+    assert_eq!(result["esm_class"].as_u64(), Some(4), "{result}");
+    let text = result["text"].as_str().expect("receipt text");
+    assert!(text.starts_with(&format!("id:{id} ")), "{text}");
+    assert!(text.contains("stat:DELIVRD"), "{text}");
+    assert!(text.contains("text:interop hello"), "{text}");
+    let sim_report = sim.stop();
+    assert_eq!(u(&sim_report, "/totals/receipts_acked"), 1);
+}
