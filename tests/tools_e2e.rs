@@ -212,3 +212,42 @@ fn an_smpplib_customer_gets_its_receipt() {
     let sim_report = sim.stop();
     assert_eq!(u(&sim_report, "/totals/receipts_acked"), 1);
 }
+
+#[test]
+fn mo_traffic_reaches_a_bound_customer() {
+    let sim = Sim::start(&["--cores", "0", "--mo-rate", "200", "--mo-to", "4455"]);
+    let report = bench(sim.addr, &["--duration-s", "1.5", "--rate", "100"]);
+    assert!(u(&report, "/mo_received") > 0, "{report}");
+    assert_eq!(
+        u(&report, "/receipts/unknown"),
+        0,
+        "MO are not receipts: {report}"
+    );
+    let sim_report = sim.stop();
+    assert!(u(&sim_report, "/totals/mo_acked") >= u(&report, "/mo_received"));
+}
+
+#[test]
+fn drop_after_closes_the_connection_and_the_bench_says_so() {
+    let sim = Sim::start(&["--drop-after", "50"]);
+    let out = Command::new(TERN)
+        .args([
+            "bench",
+            "smpp",
+            "--target",
+            &sim.addr.to_string(),
+            "--count",
+            "500",
+        ])
+        .output()
+        .expect("run tern bench smpp");
+    assert!(
+        !out.status.success(),
+        "the bench must fail when the link drops"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("closed the connection"), "{stderr}");
+    let sim_report = sim.stop();
+    assert_eq!(u(&sim_report, "/totals/submits_ok"), 50);
+    assert_eq!(u(&sim_report, "/totals/connections_dropped"), 1);
+}
