@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tern::smpp::pdu::{Address, Bind, Body, DeliverSmResp, Password, Pdu, SubmitSm, SystemId};
 
 const TERN: &str = env!("CARGO_BIN_EXE_tern");
 
@@ -250,4 +251,116 @@ fn drop_after_closes_the_connection_and_the_bench_says_so() {
     let sim_report = sim.stop();
     assert_eq!(u(&sim_report, "/totals/submits_ok"), 50);
     assert_eq!(u(&sim_report, "/totals/connections_dropped"), 1);
+}
+
+/// A blocking SMPP client from tern's own codec, for scripted sessions.
+struct RawClient {
+    stream: TcpStream,
+    sequence: u32,
+}
+
+impl RawClient {
+    fn bind(addr: SocketAddr, body: fn(Bind) -> Body) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut client = RawClient {
+            stream,
+            sequence: 0,
+        };
+        let bind = Bind {
+            system_id: SystemId::from_text("holder").expect("system_id"),
+            password: Password::from_text("pw").expect("password"),
+            interface_version: 0x34,
+            ..Bind::default()
+        };
+        client.send(body(bind));
+        let resp = client.read();
+        assert!(resp.command_status.is_ok(), "bind refused: {resp}");
+        client
+    }
+
+    fn send(&mut self, body: Body) -> u32 {
+        self.sequence += 1;
+        let pdu = Pdu::new(self.sequence, body);
+        self.stream
+            .write_all(&pdu.to_bytes().expect("encode"))
+            .expect("write");
+        self.sequence
+    }
+
+    fn read(&mut self) -> Pdu {
+        Pdu::decode_slice(&read_pdu(&mut self.stream)).expect("the sim sends valid PDUs")
+    }
+
+    fn submit_with_receipts(&mut self, count: usize) -> Vec<String> {
+        for n in 0..count {
+            self.send(Body::SubmitSm(SubmitSm {
+                source_addr: Address::from_text("TERN").expect("address"),
+                destination_addr: Address::from_text(&format!("4479{n:08}")).expect("address"),
+                registered_delivery: 1,
+                short_message: bytes::Bytes::from_static(b"held receipt"),
+                ..SubmitSm::default()
+            }));
+        }
+        (0..count)
+            .map(|_| match self.read().body {
+                Body::SubmitSmResp(resp) => resp.message_id.to_string(),
+                other => panic!("expected submit_sm_resp, got {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Reads `count` receipts, answering each; returns their receipted ids.
+    fn receive_receipts(&mut self, count: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        while ids.len() < count {
+            let pdu = self.read();
+            if let Body::DeliverSm(sm) = &pdu.body {
+                assert!(sm.is_delivery_receipt(), "{pdu}");
+                let id = sm
+                    .tlvs
+                    .receipted_message_id()
+                    .expect("receipted_message_id");
+                ids.push(id.to_string());
+                let resp = Pdu::new(
+                    pdu.sequence_number,
+                    Body::DeliverSmResp(DeliverSmResp::default()),
+                );
+                self.stream
+                    .write_all(&resp.to_bytes().expect("encode"))
+                    .expect("write");
+            }
+        }
+        ids
+    }
+}
+
+#[test]
+fn receipts_wait_for_a_receiver_and_cross_cores_to_reach_it() {
+    let sim = Sim::start(&[]);
+    // No receiver yet: the receipts are held.
+    let mut transmitter = RawClient::bind(sim.addr, Body::BindTransmitter);
+    let mut submitted = transmitter.submit_with_receipts(20);
+    drop(transmitter);
+    let mut receiver = RawClient::bind(sim.addr, Body::BindReceiver);
+    let mut received = receiver.receive_receipts(20);
+    // With a receiver bound, transmitters on any core get theirs to it. Several
+    // connections so that SO_REUSEPORT spreads them over the cores.
+    for _ in 0..6 {
+        let mut transmitter = RawClient::bind(sim.addr, Body::BindTransmitter);
+        submitted.extend(transmitter.submit_with_receipts(10));
+    }
+    received.extend(receiver.receive_receipts(60));
+    submitted.sort();
+    received.sort();
+    assert_eq!(submitted, received);
+    drop(receiver);
+    let sim_report = sim.stop();
+    assert_eq!(u(&sim_report, "/totals/receipts_acked"), 80);
+    assert!(
+        u(&sim_report, "/totals/receipts_held") >= 20,
+        "{sim_report}"
+    );
 }

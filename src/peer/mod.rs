@@ -27,7 +27,7 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::smpp::frame::{Frame, FrameDecoder, FramingError, DEFAULT_MAX_COMMAND_LENGTH};
-use crate::smpp::pdu::{EncodeError, Pdu};
+use crate::smpp::pdu::{EncodeError, Pdu, HEADER_LEN};
 
 pub use notify::LocalNotify;
 
@@ -109,6 +109,8 @@ pub struct PduConnection {
     decoder: FrameDecoder,
     config: PeerConfig,
     read_buf: BytesMut,
+    /// Fixed landing area for socket reads (`read_chunk_bytes`).
+    scratch: Box<[u8]>,
     write_buf: BytesMut,
     peer_closed: bool,
 }
@@ -121,6 +123,7 @@ impl PduConnection {
             stream,
             decoder: FrameDecoder::new(config.max_command_length),
             read_buf: BytesMut::with_capacity(config.read_chunk_bytes),
+            scratch: vec![0u8; config.read_chunk_bytes.max(HEADER_LEN)].into_boxed_slice(),
             write_buf: BytesMut::with_capacity(config.read_chunk_bytes),
             config,
             peer_closed: false,
@@ -234,29 +237,20 @@ impl PduConnection {
         }
     }
 
-    /// One read into the spare room of the read buffer. The zero-filled room
-    /// is cut back to what was read before returning, so no await point ever
-    /// sees it.
+    /// One read into the scratch buffer, appended to the read buffer: the
+    /// copy costs what was read, where zeroing spare room in the read buffer
+    /// before each read would cost the whole chunk every time.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PeerError>> {
-        let filled = self.read_buf.len();
-        let want = self
-            .config
-            .read_chunk_bytes
-            .max(self.decoder.bytes_needed(&self.read_buf));
-        self.read_buf.resize(filled + want, 0);
-        let tail = self.read_buf.get_mut(filled..).unwrap_or_default();
-        let result = Pin::new(&mut self.stream).poll_read(cx, tail);
-        let read = match &result {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        self.read_buf.truncate(filled + read);
-        match result {
+        match Pin::new(&mut self.stream).poll_read(cx, &mut self.scratch) {
             Poll::Ready(Ok(0)) => {
                 self.peer_closed = true;
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(n)) => {
+                self.read_buf
+                    .extend_from_slice(self.scratch.get(..n).unwrap_or_default());
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(PeerError::Io(e))),
             Poll::Pending => Poll::Pending,
         }
