@@ -364,3 +364,19 @@ fn receipts_wait_for_a_receiver_and_cross_cores_to_reach_it() {
         "{sim_report}"
     );
 }
+
+#[test]
+fn a_busy_port_is_reported_by_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = Command::new(TERN)
+        .args(["sim", "--listen", &addr.to_string()])
+        .output()
+        .expect("run tern sim");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}

@@ -587,9 +587,20 @@ pub(super) async fn run_core(
     counters: Arc<Counters>,
     links: CoreLinks,
     stop: Arc<AtomicBool>,
+    listening: std::sync::mpsc::Sender<Result<std::net::SocketAddr, String>>,
 ) -> CoreOutcome {
-    let listener = TcpListener::bind(config.listen)
-        .map_err(|e| format!("core {index}: cannot listen on {}: {e}", config.listen))?;
+    let bound = TcpListener::bind(config.listen).and_then(|l| Ok((l.local_addr()?, l)));
+    let listener = match bound {
+        Ok((addr, listener)) => {
+            let _ = listening.send(Ok(addr));
+            listener
+        }
+        Err(e) => {
+            let message = format!("cannot listen on {}: {e}", config.listen);
+            let _ = listening.send(Err(message.clone()));
+            return Err(message);
+        }
+    };
     let core = Rc::new(Core::new(index, config, counters, links, stop));
     let router = glommio::spawn_local(router_loop(core.clone()));
     let mo = (core.config.mo_rate_per_s > 0.0).then(|| glommio::spawn_local(mo_loop(core.clone())));

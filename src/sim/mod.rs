@@ -290,27 +290,46 @@ pub fn run(config: SimConfig, stop: Arc<AtomicBool>) -> Result<SimReport, String
     };
     crate::runtime::check_host(cores.len()).map_err(|e| e.to_string())?;
     install_stop_handlers();
-    // Bind once here so a busy port is reported before any executor starts;
-    // each executor then binds its own SO_REUSEPORT listener to the same address.
-    let probe = resolve_listen_address(config.listen)?;
-    let config = Arc::new(SimConfig {
-        listen: probe,
-        ..config
-    });
     let counters: Vec<Arc<Counters>> = cores.iter().map(|_| Arc::default()).collect();
     let mesh = core::Mesh::new(cores.len());
     let started = Instant::now();
     let mut handles = Vec::new();
+    let mut config = Arc::new(config);
     for (index, &cpu) in cores.iter().enumerate() {
-        let config = config.clone();
-        let counters = counters[index].clone();
-        let stop = stop.clone();
-        let links = mesh.links_for(index);
-        let handle = crate::runtime::spawn_pinned(&format!("sim-{index}"), cpu, move || {
-            core::run_core(index, config, counters, links, stop)
-        })
-        .map_err(|e| format!("cannot start executor on core {cpu}: {e}"))?;
+        let (listening_tx, listening_rx) = std::sync::mpsc::channel();
+        let handle = {
+            let config = config.clone();
+            let counters = counters[index].clone();
+            let stop = stop.clone();
+            let links = mesh.links_for(index);
+            crate::runtime::spawn_pinned(&format!("sim-{index}"), cpu, move || {
+                core::run_core(index, config, counters, links, stop, listening_tx)
+            })
+            .map_err(|e| format!("cannot start executor on core {cpu}: {e}"))?
+        };
+        // The first core resolves port 0; the others share its port through
+        // SO_REUSEPORT. A busy address stops the start-up here, by name.
+        let bound = listening_rx
+            .recv()
+            .map_err(|_| format!("executor on core {cpu} ended before listening"))
+            .and_then(|bound| bound);
+        let bound = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                for handle in handles.into_iter().chain(std::iter::once(handle)) {
+                    let _ = handle.join();
+                }
+                return Err(e);
+            }
+        };
         handles.push(handle);
+        if config.listen != bound {
+            config = Arc::new(SimConfig {
+                listen: bound,
+                ..(*config).clone()
+            });
+        }
     }
     eprintln!(
         "sim: listening on {} with {} core(s) {:?}",
@@ -367,16 +386,6 @@ pub fn run(config: SimConfig, stop: Arc<AtomicBool>) -> Result<SimReport, String
             .map_err(|e| format!("cannot write report {}: {e}", path.display()))?;
     }
     Ok(report)
-}
-
-/// Resolves port 0 to a concrete port (so every core's listener shares it)
-/// and fails early, with the address in the message, when it is taken.
-fn resolve_listen_address(listen: SocketAddr) -> Result<SocketAddr, String> {
-    let probe = std::net::TcpListener::bind(listen)
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    probe
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address of {listen}: {e}"))
 }
 
 #[cfg(test)]
