@@ -380,3 +380,60 @@ fn a_busy_port_is_reported_by_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn fail_rate_answers_the_chosen_status() {
+    let sim = Sim::start(&["--fail-rate", "1", "--fail-status", "ESME_RSYSERR"]);
+    let report = bench(sim.addr, &["--count", "100", "--dlr", "--dlr-wait-s", "1"]);
+    assert_eq!(u(&report, "/errors/ESME_RSYSERR"), 100, "{report}");
+    assert_eq!(u(&report, "/acknowledged"), 0, "{report}");
+    assert_eq!(
+        u(&report, "/receipts/expected"),
+        0,
+        "no receipt for a refused submit"
+    );
+    assert_eq!(u(&sim.stop(), "/totals/failed"), 100);
+}
+
+#[test]
+fn resp_delay_shows_in_the_latency() {
+    let sim = Sim::start(&["--resp-delay-ms", "40"]);
+    let report = bench(sim.addr, &["--count", "10", "--window", "1"]);
+    assert_eq!(u(&report, "/acknowledged"), 10, "{report}");
+    assert!(u(&report, "/latency_us/p50") >= 40_000, "{report}");
+}
+
+#[test]
+fn max_tps_throttles_beyond_the_limit() {
+    let sim = Sim::start(&["--cores", "0", "--max-tps", "200"]);
+    let report = bench(sim.addr, &["--count", "2000", "--window", "64"]);
+    let throttled = u(&report, "/errors/ESME_RTHROTTLED");
+    assert!(
+        throttled > 1000,
+        "a burst of 2000 far beyond 200/s: {report}"
+    );
+    assert_eq!(u(&report, "/acknowledged") + throttled, 2000, "{report}");
+}
+
+#[test]
+fn ids_in_different_formats_still_match_their_receipts() {
+    // Decimal in submit_sm_resp, hex in the receipt, as some SMSCs do.
+    let sim = Sim::start(&["--id-format", "dec-resp-hex-receipt"]);
+    let report = bench(
+        sim.addr,
+        &[
+            "--count",
+            "300",
+            "--dlr",
+            "--id-format",
+            "hex-in-receipt-dec-in-resp",
+        ],
+    );
+    assert_eq!(u(&report, "/receipts/matched"), 300, "{report}");
+    assert_eq!(u(&report, "/receipts/unknown"), 0, "{report}");
+    // Compared as-is they mostly do not match (small ids read the same in
+    // both bases, or collide with another message's id): the formats differ.
+    let report = bench(sim.addr, &["--count", "50", "--dlr", "--dlr-wait-s", "2"]);
+    assert!(u(&report, "/receipts/unknown") > 0, "{report}");
+    assert!(u(&report, "/receipts/missing") > 0, "{report}");
+}

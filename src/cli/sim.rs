@@ -73,6 +73,13 @@ pub struct SimArgs {
     /// Resend a deliver_sm not answered within this many ms.
     #[arg(long, default_value_t = 10_000)]
     pub deliver_timeout_ms: u64,
+    /// Give up on a deliver_sm (counted as dropped) after this many sends.
+    #[arg(long, default_value_t = 5)]
+    pub deliver_max_attempts: u32,
+    /// Receipts kept per core while no receiver of their system_id is bound;
+    /// beyond it they are dropped and counted.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub held_max: usize,
     /// Write totals and per-destination counts here at exit (JSON).
     #[arg(long)]
     pub report_json: Option<PathBuf>,
@@ -130,9 +137,10 @@ impl SimArgs {
             seed: self.seed,
             deliver_window: self.deliver_window,
             deliver_timeout_ms: self.deliver_timeout_ms,
+            deliver_max_attempts: self.deliver_max_attempts.max(1),
+            held_max: self.held_max,
             summary_every_ms: self.summary_every_ms,
             report_json: self.report_json,
-            ..SimConfig::default()
         })
     }
 }

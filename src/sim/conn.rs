@@ -175,19 +175,27 @@ impl Connection {
         }
     }
 
-    fn requeue(&mut self, mut item: Outbound) {
-        let attempts = match &mut item {
-            Outbound::Receipt(job) => &mut job.attempts,
-            Outbound::Mo(job) => &mut job.attempts,
+    /// Puts an unanswered (or refused) deliver_sm back at the head of the
+    /// queue, or gives up on it after the last attempt.
+    fn requeue(&mut self, item: Outbound) {
+        let (attempts, retried, dropped) = match &item {
+            Outbound::Receipt(job) => (
+                job.attempts,
+                Counter::ReceiptsRetried,
+                Counter::ReceiptsDropped,
+            ),
+            Outbound::Mo(job) => (job.attempts, Counter::MoRetried, Counter::MoDropped),
         };
-        if *attempts >= self.core.config.deliver_max_attempts {
-            self.core.count(Counter::ReceiptsDropped);
+        let Some(receiver) = &self.receiver else {
+            debug_assert!(false, "only a receiver bind has deliver_sm outstanding");
+            return;
+        };
+        if attempts >= self.core.config.deliver_max_attempts {
+            self.core.count(dropped);
             return;
         }
-        if let (Outbound::Receipt(_), Some(receiver)) = (&item, &self.receiver) {
-            self.core.count(Counter::ReceiptsRetried);
-            receiver.queue.borrow_mut().push_front(item);
-        }
+        self.core.count(retried);
+        receiver.queue.borrow_mut().push_front(item);
     }
 
     /// Fills the deliver_sm window from this bind's queue.

@@ -416,7 +416,7 @@ impl Core {
                     self.route(job);
                 }
                 // MO traffic is synthetic: one that lost its bind is not kept.
-                Outbound::Mo(_) => self.count(Counter::MoUnrouted),
+                Outbound::Mo(_) => self.count(Counter::MoDropped),
             }
         }
     }

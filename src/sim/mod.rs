@@ -204,6 +204,8 @@ counters! {
     MoSent => "mo_sent",
     MoAcked => "mo_acked",
     MoUnrouted => "mo_unrouted",
+    MoRetried => "mo_retried",
+    MoDropped => "mo_dropped",
     GenericNacks => "generic_nacks",
     EnquireLinks => "enquire_links",
     ConnectionsDropped => "connections_dropped",
