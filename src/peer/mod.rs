@@ -371,6 +371,32 @@ mod tests {
     }
 
     #[test]
+    fn the_wake_future_wins_when_the_peer_is_quiet() {
+        let (events, ()) = with_client(
+            |mut conn| async move {
+                let first = conn.next_event(async { 5 }).await.expect("event");
+                let second = conn
+                    .next_event(glommio::timer::sleep(std::time::Duration::from_secs(5)))
+                    .await
+                    .expect("event");
+                let third = conn.next_event(std::future::pending::<()>()).await;
+                (
+                    matches!(first, Event::Woken(5)),
+                    matches!(second, Event::Frame(Frame::Pdu(_))),
+                    matches!(third, Ok(Event::Closed)),
+                )
+            },
+            |mut s| {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                let pdu = Pdu::new(1, Body::EnquireLink);
+                s.write_all(&pdu.to_bytes().expect("encode"))
+                    .expect("write");
+            },
+        );
+        assert_eq!(events, (true, true, true));
+    }
+
+    #[test]
     fn a_pdu_cut_by_the_close_is_reported() {
         let (outcome, ()) = with_client(
             |mut conn| async move { conn.read_pdu().await },

@@ -379,6 +379,49 @@ impl Core {
         }
     }
 
+    /// Receipts held while a receiver existed but its queue was full: retried
+    /// a slice per router pass, so a full queue costs little per pass.
+    fn retry_held(&self) {
+        const SLICE: usize = 4096;
+        if self.held_count.get() == 0 {
+            return;
+        }
+        let reachable: Vec<SystemId> = {
+            let held = self.held.borrow();
+            let receivers = self.receivers.borrow();
+            let directory = self.directory.borrow();
+            held.keys()
+                .filter(|id| {
+                    receivers.get(*id).is_some_and(|l| !l.is_empty())
+                        || directory
+                            .get(*id)
+                            .is_some_and(|counts| counts.iter().any(|&n| n > 0))
+                })
+                .copied()
+                .collect()
+        };
+        for system_id in reachable {
+            let jobs: Vec<ReceiptJob> = {
+                let mut held = self.held.borrow_mut();
+                let Some(queue) = held.get_mut(&system_id) else {
+                    continue;
+                };
+                let take = queue.len().min(SLICE);
+                let jobs = queue.drain(..take).collect();
+                if queue.is_empty() {
+                    held.remove(&system_id);
+                }
+                jobs
+            };
+            self.held_count
+                .set(self.held_count.get().saturating_sub(jobs.len()));
+            for mut job in jobs {
+                job.hops = 0;
+                self.route(job);
+            }
+        }
+    }
+
     pub fn register_receiver(&self, queue: Rc<ReceiverQueue>) {
         let system_id = queue.system_id;
         let count = {
@@ -513,6 +556,7 @@ impl Core {
                 CoreMsg::Receipt(job) => self.route(job),
             }
         }
+        self.retry_held();
         let unsent = std::mem::take(&mut *self.unsent_announcements.borrow_mut());
         for (core, system_id) in unsent {
             if !self.send_announcement(core, system_id) {
@@ -643,4 +687,141 @@ pub(super) async fn run_core(
         .map(|(dest, n)| (dest.to_string(), *n))
         .collect();
     Ok((destinations, core.per_destination_overflow.get()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(system_id: &str, message_id: u64) -> ReceiptJob {
+        ReceiptJob {
+            system_id: SystemId::from_text(system_id).expect("system_id"),
+            message_id,
+            from: Address::from_text("447900000001").expect("address"),
+            from_ton: 1,
+            from_npi: 1,
+            to: Address::from_text("TERN").expect("address"),
+            to_ton: 5,
+            to_npi: 0,
+            submit_unix_ms: 0,
+            state: 2,
+            text: [0; 20],
+            text_len: 0,
+            attempts: 0,
+            hops: 0,
+        }
+    }
+
+    fn cores(n: usize, held_max: usize) -> Vec<Core> {
+        let mesh = Mesh::new(n);
+        let config = Arc::new(SimConfig {
+            held_max,
+            ..SimConfig::default()
+        });
+        (0..n)
+            .map(|i| {
+                Core::new(
+                    i,
+                    config.clone(),
+                    Arc::default(),
+                    mesh.links_for(i),
+                    Arc::default(),
+                )
+            })
+            .collect()
+    }
+
+    fn receiver(system_id: &str) -> Rc<ReceiverQueue> {
+        Rc::new(ReceiverQueue {
+            system_id: SystemId::from_text(system_id).expect("system_id"),
+            queue: RefCell::default(),
+            notify: LocalNotify::new(),
+        })
+    }
+
+    fn queued_ids(queue: &ReceiverQueue) -> Vec<u64> {
+        queue
+            .queue
+            .borrow()
+            .iter()
+            .map(|item| match item {
+                Outbound::Receipt(job) => job.message_id,
+                Outbound::Mo(_) => u64::MAX,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn receipts_are_held_bounded_until_a_receiver_binds() {
+        let all = cores(1, 2);
+        let core = &all[0];
+        for id in 1..=3 {
+            core.route(job("acme", id));
+        }
+        assert_eq!(core.counters.get(Counter::ReceiptsHeld), 2);
+        assert_eq!(
+            core.counters.get(Counter::ReceiptsDropped),
+            1,
+            "over held_max"
+        );
+        let other = receiver("other");
+        core.register_receiver(other.clone());
+        assert!(
+            other.queue.borrow().is_empty(),
+            "another system_id gets nothing"
+        );
+        let acme = receiver("acme");
+        core.register_receiver(acme.clone());
+        assert_eq!(queued_ids(&acme), vec![1, 2]);
+        // A receiver's queue is bounded too: a full one makes the router hold.
+        core.route(job("acme", 4));
+        assert_eq!(queued_ids(&acme), vec![1, 2]);
+        assert_eq!(core.counters.get(Counter::ReceiptsHeld), 3);
+        acme.queue.borrow_mut().pop_front();
+        core.route_due();
+        assert_eq!(
+            queued_ids(&acme),
+            vec![2, 4],
+            "the router retries what it held"
+        );
+        acme.queue.borrow_mut().pop_front();
+        core.route(job("acme", 5));
+        assert_eq!(
+            queued_ids(&acme),
+            vec![4, 5],
+            "room again: delivered at once"
+        );
+    }
+
+    #[test]
+    fn a_receiver_on_another_core_gets_the_receipts_by_channel() {
+        let all = cores(2, 100);
+        let (a, b) = (&all[0], &all[1]);
+        a.route(job("acme", 7));
+        assert_eq!(a.counters.get(Counter::ReceiptsHeld), 1);
+        let queue = receiver("acme");
+        b.register_receiver(queue.clone());
+        // Core a learns of the receiver, releases and forwards what it held.
+        a.route_due();
+        assert_eq!(a.counters.get(Counter::ReceiptsForwarded), 1);
+        a.route(job("acme", 8));
+        b.route_due();
+        assert_eq!(queued_ids(&queue), vec![7, 8]);
+        // The receiver goes: what it had not delivered is held again on b.
+        b.unregister_receiver(&queue, std::iter::empty());
+        assert_eq!(b.counters.get(Counter::ReceiptsHeld), 2);
+    }
+
+    #[test]
+    fn scheduled_receipts_wait_for_their_time() {
+        let all = cores(1, 100);
+        let core = &all[0];
+        let queue = receiver("acme");
+        core.register_receiver(queue.clone());
+        core.schedule_receipt(job("acme", 1), 60_000);
+        core.schedule_receipt(job("acme", 2), 0);
+        let next_ms = core.route_due();
+        assert_eq!(queued_ids(&queue), vec![2]);
+        assert!(next_ms > 59_000 && next_ms <= 60_000, "{next_ms}");
+    }
 }
