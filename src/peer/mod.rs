@@ -200,25 +200,20 @@ impl PduConnection {
             return Poll::Ready(Err(e));
         }
         if !self.is_write_congested() {
-            if let Some(frame) = self.buffered_frame()? {
-                return Poll::Ready(Ok(Event::Frame(frame)));
-            }
-            if self.peer_closed {
-                return Poll::Ready(self.closed_outcome());
-            }
-            match self.poll_fill(cx) {
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    if let Some(frame) = self.buffered_frame()? {
-                        return Poll::Ready(Ok(Event::Frame(frame)));
-                    }
-                    if self.peer_closed {
-                        return Poll::Ready(self.closed_outcome());
-                    }
-                    // A partial PDU: ask for more at once so the waker is armed.
-                    cx.waker().wake_by_ref();
+            // Read until a whole frame is in, the socket has nothing more
+            // (which arms the waker), or the peer closed.
+            loop {
+                if let Some(frame) = self.buffered_frame()? {
+                    return Poll::Ready(Ok(Event::Frame(frame)));
                 }
-                Poll::Pending => {}
+                if self.peer_closed {
+                    return Poll::Ready(self.closed_outcome());
+                }
+                match self.poll_fill(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Pending => break,
+                }
             }
         }
         match wake.poll(cx) {
