@@ -365,7 +365,7 @@ async fn run_binds(
         .collect();
     let mut results = Vec::new();
     let mut first_error = None;
-    let _finished = scopeguard_finish(&progress);
+    let _finished = FinishGuard(progress.clone());
     for task in tasks {
         match task.await {
             Ok(r) => results.push(r),
@@ -385,10 +385,6 @@ impl Drop for FinishGuard {
     fn drop(&mut self) {
         self.0.executors_finished.fetch_add(1, Ordering::SeqCst);
     }
-}
-
-fn scopeguard_finish(progress: &Arc<Progress>) -> FinishGuard {
-    FinishGuard(progress.clone())
 }
 
 struct BindLoad {
