@@ -196,6 +196,21 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
     if config.count.is_none() == config.duration_s.is_none() {
         return Err("give exactly one of --count and --duration-s".into());
     }
+    if config.text.len() > crate::smpp::pdu::MAX_SHORT_MESSAGE_LEN {
+        return Err(format!(
+            "--text is {} octets; a short_message holds at most {}",
+            config.text.len(),
+            crate::smpp::pdu::MAX_SHORT_MESSAGE_LEN
+        ));
+    }
+    for (flag, address) in [
+        ("--source", &config.source),
+        ("--destination", &config.destination),
+    ] {
+        if Address::from_text(address).is_none() {
+            return Err(format!("{flag} `{address}` is longer than 20 characters"));
+        }
+    }
     let cores = if config.cores.is_empty() {
         crate::runtime::available_cores()
     } else {
