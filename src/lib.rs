@@ -4,9 +4,12 @@
 //! command line. See ARCHITECTURE.md for the module map and the flow of a
 //! message.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod peer;
 pub mod runtime;
+pub mod sim;
 pub mod smpp;
 pub mod store;

@@ -33,17 +33,34 @@ pub enum Workload {
 }
 
 /// What `tern bench store` was asked to do.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchStoreArgs {
+    /// 1 (a single appliance) or 3 (three voters on loopback TCP in this process).
+    #[arg(long, default_value_t = 1)]
     pub voters: u8,
+    /// Size of each proposed command in bytes.
+    #[arg(long, default_value_t = 200)]
     pub payload_bytes: usize,
+    #[arg(long, default_value_t = 10)]
     pub duration_s: u64,
+    /// Proposer threads.
+    #[arg(long, default_value_t = 4)]
     pub proposers: usize,
     /// Proposals each proposer keeps in flight.
+    #[arg(long, default_value_t = 4096)]
     pub window: usize,
+    /// What is proposed: `accept` (a message Accept each, the state grows)
+    /// or `no-op` (a command that changes nothing: the replication path alone).
+    #[arg(long, value_enum, default_value_t = Workload::Accept)]
     pub workload: Workload,
+    /// Raft entry (proposal batch) size limit in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
     pub max_batch_bytes: usize,
+    /// Where the nodes' data goes (a scratch directory inside it is removed afterwards).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -1,0 +1,135 @@
+//! `tern bench ...`: load generators. Owns: their arguments and output
+//! (human or one JSON object). Must not touch: the generators themselves
+//! (src/bench/).
+
+use std::net::SocketAddr;
+
+use clap::{Args, Subcommand};
+
+use crate::bench::smpp::BenchConfig;
+use crate::smpp::receipt::IdFormat;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// SMPP customer load: N transceiver binds, window W, optional receipts.
+    Smpp(SmppArgs),
+    /// Committed proposals per second and commit latency of the replicated store.
+    Store(super::bench_store::BenchStoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SmppArgs {
+    /// SMPP server to bind to.
+    #[arg(long, default_value = "127.0.0.1:2775")]
+    pub target: SocketAddr,
+    #[arg(long, default_value = "trial")]
+    pub system_id: String,
+    #[arg(long, default_value = "trial")]
+    pub password: String,
+    /// Transceiver binds, spread across cores.
+    #[arg(long, default_value_t = 1)]
+    pub binds: usize,
+    /// submit_sm outstanding per bind.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Total submit_sm to send.
+    #[arg(
+        long,
+        conflicts_with = "duration_s",
+        required_unless_present = "duration_s"
+    )]
+    pub count: Option<u64>,
+    /// Submit for this many seconds.
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Target submit_sm per second over all binds (default: as fast as the window allows).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Ask for receipts (registered_delivery=1) and match each to its message id.
+    #[arg(long)]
+    pub dlr: bool,
+    /// After the last submit, wait at most this long for outstanding receipts.
+    #[arg(long, default_value_t = 10.0)]
+    pub dlr_wait_s: f64,
+    /// short_message text.
+    #[arg(long, default_value = "Hello from tern bench")]
+    pub text: String,
+    #[arg(long, default_value = "TERN")]
+    pub source: String,
+    #[arg(long, default_value = "447900000001")]
+    pub destination: String,
+    /// Cores to run on, e.g. `1` (default: all this process may use).
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Vec<usize>,
+    /// A submit_sm without response after this long counts as a timeout.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// How the server's ids compare between submit_sm_resp and receipt:
+    /// as-is, hex, dec, hex-in-receipt-dec-in-resp, dec-in-receipt-hex-in-resp.
+    #[arg(long, default_value = "as-is", value_parser = parse_id_format)]
+    pub id_format: IdFormat,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_id_format(text: &str) -> Result<IdFormat, String> {
+    Ok(match text {
+        "as-is" => IdFormat::AsIs,
+        "hex" => IdFormat::HexCaseInsensitive,
+        "dec" => IdFormat::Decimal,
+        "hex-in-receipt-dec-in-resp" => IdFormat::HexInReceiptDecimalInResp,
+        "dec-in-receipt-hex-in-resp" => IdFormat::DecimalInReceiptHexInResp,
+        _ => return Err(format!("`{text}`: unknown id format")),
+    })
+}
+
+pub fn run(command: BenchCommand) -> i32 {
+    match command {
+        BenchCommand::Smpp(args) => run_smpp(args),
+        BenchCommand::Store(args) => super::bench_store::run(args),
+    }
+}
+
+fn run_smpp(args: SmppArgs) -> i32 {
+    let json = args.json;
+    let config = BenchConfig {
+        target: args.target,
+        system_id: args.system_id,
+        password: args.password,
+        binds: args.binds,
+        window: args.window,
+        count: args.count,
+        duration_s: args.duration_s,
+        rate_per_s: args.rate,
+        dlr: args.dlr,
+        dlr_wait_s: args.dlr_wait_s,
+        text: args.text,
+        source: args.source,
+        destination: args.destination,
+        cores: args.cores,
+        timeout_ms: args.timeout_ms,
+        id_format: args.id_format,
+        progress: true,
+    };
+    match crate::bench::smpp::run(config) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("tern bench smpp: {e}");
+                        return 1;
+                    }
+                }
+            } else {
+                println!("{report}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("tern bench smpp: {e}");
+            1
+        }
+    }
+}
