@@ -65,8 +65,14 @@ fn run_child(dir: &str) {
         let size = batch_sizes[batch_number % batch_sizes.len()];
         if batch_number % 7 == 0 && next > log.snapshot_index() + 3 {
             // Raft's suffix replacement: a new term rewrites the last entries.
+            // Announced before it is written: once issued, the replaced
+            // entries may legitimately be gone after a crash, even if this
+            // batch itself never finished writing.
             term += 1;
             next -= 2;
+            let mut out = stdout.lock();
+            writeln!(out, "replacing {next}").expect("stdout");
+            out.flush().expect("stdout");
         }
         let batch: Vec<Entry> = (next..next + size).map(|i| make_entry(i, term)).collect();
         log.append(&batch).expect("append");
@@ -94,15 +100,18 @@ fn run_child(dir: &str) {
     }
 }
 
-fn check(recovered: &Recovered, reported: u64, round: usize) {
+/// `reported`: the last index the child said was synced; `replaced_from`: the
+/// first index of a suffix replacement the child announced after that report.
+fn check(recovered: &Recovered, reported: u64, replaced_from: Option<u64>, round: usize) {
+    let required = replaced_from.map_or(reported, |from| reported.min(from - 1));
     let first = recovered.snapshot_index + 1;
     let last = recovered
         .entries
         .last()
         .map_or(recovered.snapshot_index, |e| e.index);
     assert!(
-        last >= reported,
-        "round {round}: synced {reported} reported, only {last} recovered"
+        last >= required,
+        "round {round}: synced {reported} reported (replacement from {replaced_from:?}), only {last} recovered"
     );
     let mut previous_term = recovered.snapshot_term;
     for (offset, entry) in recovered.entries.iter().enumerate() {
@@ -157,11 +166,15 @@ fn sigkill_mid_batches_keeps_every_reported_sync() {
             (killed, child.wait())
         });
         let mut reported = 0u64;
+        let mut replaced_from = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(index) = line.strip_prefix("synced ") {
                 reported = index.trim().parse().expect("index");
+                replaced_from = None;
                 let _ = ready_tx.send(());
+            } else if let Some(index) = line.strip_prefix("replacing ") {
+                replaced_from = Some(index.trim().parse::<u64>().expect("index"));
             }
         }
         let (killed, status) = killer.join().expect("killer thread");
@@ -177,7 +190,7 @@ fn sigkill_mid_batches_keeps_every_reported_sync() {
         previous_reported = reported;
 
         let (log, recovered) = open(&dir_str);
-        check(&recovered, reported, round);
+        check(&recovered, reported, replaced_from, round);
         let recovered_last = recovered
             .entries
             .last()
