@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod peer;
+pub mod rng;
 pub mod runtime;
 pub mod sim;
 pub mod smpp;

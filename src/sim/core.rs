@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use glommio::net::TcpListener;
 
-use super::rng::SplitMix64;
 use super::{Counter, Counters, SimConfig, MAX_TRACKED_DESTINATIONS};
 use crate::peer::LocalNotify;
+use crate::rng::SplitMix64;
 use crate::smpp::pdu::{Address, SystemId};
 
 /// Messages between cores; each channel is bounded.

@@ -8,7 +8,6 @@
 
 mod conn;
 mod core;
-pub mod rng;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -27,44 +27,8 @@ use super::state::{AppState, ApplyOutcome};
 use super::wal::{LogOptions, RaftLog, SimDisk};
 use super::{StateMachine, StoreError};
 
-/// splitmix64: tiny, fast, and good enough to drive a simulation.
-#[derive(Debug, Clone)]
-pub struct SimRng {
-    state: u64,
-}
-
-impl SimRng {
-    pub fn new(seed: u64) -> Self {
-        SimRng { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when n is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-
-    /// Uniform in `low..=high`.
-    pub fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.below(high.saturating_sub(low) + 1)
-    }
-
-    /// True with probability `ppm` parts per million.
-    pub fn chance_ppm(&mut self, ppm: u64) -> bool {
-        self.below(1_000_000) < ppm
-    }
-}
+/// The simulator's generator: the crate's seeded SplitMix64.
+pub type SimRng = crate::rng::SplitMix64;
 
 fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(hash, |h, b| {

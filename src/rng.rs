@@ -1,8 +1,10 @@
-//! The simulator's only source of randomness: SplitMix64, seeded from the
-//! command line so that a run can be repeated exactly.
+//! The seeded generator behind every simulation: `tern sim` (seeded from its
+//! command line) and the store simulator (seeded per test run), so that a run
+//! can be repeated exactly.
 //!
-//! Owns: the generator and the few draws the simulator needs. Must not touch:
-//! anything that needs cryptographic randomness (nothing here does).
+//! Owns: the generator and the few draws simulations need. Must not touch:
+//! anything that needs cryptographic randomness (nothing here does; peer
+//! authentication and password salts use the OS generator).
 
 /// SplitMix64 (Steele, Lea, Flood 2014): one add and three multiply-xorshift
 /// steps per draw, full 2^64 period, good enough for picking outcomes.
@@ -36,6 +38,16 @@ impl SplitMix64 {
         }
         // Multiply-shift: no modulo bias worth caring about for a simulator.
         ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+    }
+
+    /// Uniform in `low..=high` (`low` when `high < low`).
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high.saturating_sub(low).saturating_add(1))
+    }
+
+    /// True with probability `ppm` parts per million.
+    pub fn chance_ppm(&mut self, ppm: u64) -> bool {
+        self.below(1_000_000) < ppm
     }
 }
 
