@@ -8,7 +8,8 @@
 //! receipted_message_id; with no receiver bound it waits and goes out when
 //! the customer binds; once answered it is not sent again on a rebind; a
 //! deliver_sm_resp with an error is retried; a pending DLR survives a
-//! restart of the node.
+//! restart of the node; an MO for the account's number range goes out as
+//! received.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tern::config::Config;
 use tern::engine::{self, EngineError};
-use tern::store::command::{Command, Receipt};
+use tern::store::command::{Address, Command, MoReceived, NumberRange, Receipt};
 use tern::store::driver::StoreHandle;
 use tern::store::id::MessageId;
 use tern::store::state::ApplyOutcome;
@@ -346,5 +347,61 @@ fn pending_dlr_survives_a_restart() {
     let got = deliveries(&out);
     assert_eq!(got.len(), 1, "the DLR from before the restart: {out}");
     assert_dlr_for(&got[0], id);
+    node.wait_delivered(id);
+}
+
+#[test]
+fn mo_waits_then_goes_out_as_received() {
+    let _one = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = Setup::new("mo");
+    let node = setup.start();
+    let range = Command::UpsertNumberRange(NumberRange {
+        name: "trial-shortcodes".into(),
+        prefix: "44800".into(),
+        account: "trial".into(),
+    });
+    assert_eq!(
+        node.store.propose_blocking(range.encode()),
+        Ok(ApplyOutcome::Applied)
+    );
+    let id = MessageId::from_parts(900, 1, 200, 1).expect("an MO id");
+    let mo = Command::MoReceived(MoReceived {
+        id,
+        connector: CONNECTOR.into(),
+        source: Address {
+            ton: 1,
+            npi: 1,
+            digits: "447700900999".into(),
+        },
+        destination: Address {
+            ton: 1,
+            npi: 1,
+            digits: "44800123".into(),
+        },
+        data_coding: 0,
+        esm_class: 0,
+        payload: b"STOP please".to_vec(),
+        segment: None,
+        received_at_ms: unix_ms(),
+    });
+    assert_eq!(
+        node.store.propose_blocking(mo.encode()),
+        Ok(ApplyOutcome::Accepted(id))
+    );
+    assert_eq!(
+        node.pending_target(id),
+        Some(None),
+        "the MO waits for a bind"
+    );
+    let out = client("receive", node.port, &["--expect", "1"]);
+    let got = deliveries(&out);
+    assert_eq!(got.len(), 1, "{out}");
+    let mo = &got[0];
+    assert_eq!(mo["esm_class"], 0, "{out}");
+    assert_eq!(mo["data_coding"], 0, "{out}");
+    assert_eq!(mo["source_addr"], "447700900999", "{out}");
+    assert_eq!(mo["destination_addr"], "44800123", "{out}");
+    assert_eq!(mo["short_message"], "STOP please", "{out}");
+    assert_eq!(mo["receipted_message_id"], Value::Null, "{out}");
     node.wait_delivered(id);
 }

@@ -673,6 +673,10 @@ impl Hub {
     }
 
     async fn on_effects(&mut self, batch: Vec<Effect>) {
+        if self.receivers.is_empty() {
+            // Nothing can go out here; a receiving bind rescans.
+            return;
+        }
         let mut wanted = Vec::with_capacity(batch.len());
         for effect in batch {
             let Effect::Deliver { id, node, .. } = effect else {
