@@ -7,7 +7,8 @@
 //! Covered: a DLR reaches a bound transceiver with our id in the text and in
 //! receipted_message_id; with no receiver bound it waits and goes out when
 //! the customer binds; once answered it is not sent again on a rebind; a
-//! deliver_sm_resp with an error is retried; a pending DLR survives a
+//! deliver_sm_resp with an error, or none within the timeout, is retried;
+//! 300 DLRs each arrive exactly once; a pending DLR survives a
 //! restart of the node; an MO for the account's number range goes out as
 //! received.
 
@@ -404,4 +405,85 @@ fn mo_waits_then_goes_out_as_received() {
     assert_eq!(mo["short_message"], "STOP please", "{out}");
     assert_eq!(mo["receipted_message_id"], Value::Null, "{out}");
     node.wait_delivered(id);
+}
+
+#[test]
+fn unanswered_deliver_sm_is_sent_again_after_the_timeout() {
+    let _one = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = Setup::new("unanswered");
+    let node = setup.start();
+    let id = submit_one(node.port);
+    node.commit_receipt(id, "unanswered-1");
+    let out = client(
+        "receive",
+        node.port,
+        &["--ignore-first", "1", "--expect", "2", "--wait", "30"],
+    );
+    let got = deliveries(&out);
+    assert_eq!(got.len(), 2, "unanswered once, then sent again: {out}");
+    assert_eq!(got[0]["ignored"], true, "{out}");
+    assert_dlr_for(&got[1], id);
+    let seconds = out["seconds"].as_f64().expect("seconds");
+    assert!(
+        seconds >= 9.0,
+        "resent only after the response timeout, not after {seconds} s"
+    );
+    node.wait_delivered(id);
+}
+
+#[test]
+fn many_dlrs_each_arrive_once() {
+    const COUNT: usize = 300;
+    let _one = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = Setup::new("many");
+    let node = setup.start();
+    let out = client("submit", node.port, &["--count", &COUNT.to_string()]);
+    let ids: Vec<MessageId> = out["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|text| MessageId::parse(text).expect("our id"))
+        .collect();
+    assert_eq!(ids.len(), COUNT, "every submit acknowledged: {out}");
+    for (n, id) in ids.iter().enumerate() {
+        node.commit_receipt(*id, &format!("many-{n}"));
+    }
+    let out = client(
+        "receive",
+        node.port,
+        &[
+            "--brief",
+            "--expect",
+            &COUNT.to_string(),
+            "--wait",
+            "60",
+            "--linger",
+            "1",
+        ],
+    );
+    let mut got: Vec<&str> = deliveries(&out).iter().filter_map(Value::as_str).collect();
+    assert_eq!(got.len(), COUNT, "{} deliveries", got.len());
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len(), COUNT, "a DLR arrived twice");
+    let mut wanted: Vec<String> = ids.iter().map(MessageId::to_string).collect();
+    wanted.sort_unstable();
+    assert_eq!(got, wanted, "the DLRs are those of the submitted messages");
+    eprintln!(
+        "{COUNT} waiting DLRs delivered to one smpplib receiver in {:.3} s",
+        out["seconds"].as_f64().unwrap_or(f64::NAN)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = node
+            .store
+            .query_blocking(|state| state.pending_for_account("trial").count())
+            .expect("store query");
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} DLRs still pending");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

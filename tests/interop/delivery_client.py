@@ -7,9 +7,12 @@ tern did not write). Used by tests/delivery_e2e.rs. Every mode prints JSON.
         for every submit_sm_resp, unbind; prints {"ids": [...]}.
     delivery_client.py receive --port P --expect N [--wait S] [--linger S]
                        [--bind receiver|transceiver] [--refuse-first K]
-        bind, answer deliver_sm (the first K with ESME_RX_T_APPN, the rest
-        OK) until N arrived or S seconds passed, listen S_linger more seconds
-        for anything further (duplicates), unbind; prints {"deliveries": [...]}.
+                       [--ignore-first K] [--brief]
+        bind, answer deliver_sm (the first K with ESME_RX_T_APPN, or the
+        first K not at all; the rest OK) until N arrived or S seconds passed,
+        listen S_linger more seconds for anything further (duplicates),
+        unbind; prints {"deliveries": [...]} (with --brief only the
+        receipted_message_id of each, and the seconds from bind to the last).
     delivery_client.py live --port P [--wait S]
         bind transceiver, submit one message with registered_delivery=1,
         print {"id": ...} as soon as it is acknowledged, then receive one
@@ -37,15 +40,29 @@ def text(value):
 
 
 class Customer:
-    def __init__(self, port, bind, refuse_first=0):
+    def __init__(self, port, bind, refuse_first=0, ignore_first=0, brief=False):
         self.client = smpplib.client.Client("127.0.0.1", port, timeout=0.3)
         self.acks = []
         self.errors = []
         self.deliveries = []
         self.refuse_left = refuse_first
+        self.ignore_left = ignore_first
+        self.brief = brief
+        self.last_at = None
         self.client.set_message_sent_handler(self._sent)
         self.client.set_error_pdu_handler(self._error)
         self.client.set_message_received_handler(self._received)
+        answer = self.client._message_received
+
+        def maybe_answer(pdu):
+            if pdu.command == "deliver_sm" and self.ignore_left > 0:
+                self.ignore_left -= 1
+                self._received(pdu)
+                self.deliveries[-1]["ignored"] = True
+                return
+            answer(pdu)
+
+        self.client._message_received = maybe_answer
         self.client.connect()
         if bind == "receiver":
             self.client.bind_receiver(system_id="trial", password="trial")
@@ -59,6 +76,10 @@ class Customer:
         self.errors.append(int(pdu.status))
 
     def _received(self, pdu, **_):
+        self.last_at = time.monotonic()
+        if self.brief:
+            self.deliveries.append(text(getattr(pdu, "receipted_message_id", None)))
+            return c.SMPP_ESME_ROK
         refused = self.refuse_left > 0
         self.deliveries.append({
             "esm_class": int(pdu.esm_class),
@@ -102,22 +123,30 @@ class Customer:
 
 
 def receive(cust, args):
+    started = time.monotonic()
     cust.read_for(args.wait, until=lambda: len(cust.deliveries) >= args.expect)
+    elapsed = (cust.last_at or started) - started
     cust.read_for(args.linger)
-    print(json.dumps({"deliveries": cust.deliveries}), flush=True)
+    print(json.dumps({"deliveries": cust.deliveries, "seconds": elapsed}), flush=True)
 
 
 def mode_submit(args):
     cust = Customer(args.port, "transceiver")
-    for i in range(args.count):
-        cust.submit(i)
+    deadline = time.monotonic() + 60
+    sent = 0
+    while sent < args.count and time.monotonic() < deadline:
+        # At most 50 unanswered: below the server's window.
+        while sent < args.count and sent - len(cust.acks) - len(cust.errors) < 50:
+            cust.submit(sent)
+            sent += 1
+        cust.read_for(0.05, until=lambda: sent - len(cust.acks) - len(cust.errors) < 50)
     cust.read_for(10, until=lambda: len(cust.acks) + len(cust.errors) >= args.count)
     print(json.dumps({"ids": cust.acks, "errors": cust.errors}), flush=True)
     cust.close()
 
 
 def mode_receive(args):
-    cust = Customer(args.port, args.bind, args.refuse_first)
+    cust = Customer(args.port, args.bind, args.refuse_first, args.ignore_first, args.brief)
     receive(cust, args)
     cust.close()
 
@@ -142,6 +171,8 @@ def main():
     parser.add_argument("--linger", type=float, default=0.5)
     parser.add_argument("--bind", choices=["receiver", "transceiver"], default="transceiver")
     parser.add_argument("--refuse-first", type=int, default=0)
+    parser.add_argument("--ignore-first", type=int, default=0)
+    parser.add_argument("--brief", action="store_true")
     args = parser.parse_args()
     {"submit": mode_submit, "receive": mode_receive, "live": mode_live}[args.mode](args)
 
