@@ -58,6 +58,10 @@ const RESCAN_PAGE: usize = 512;
 const EFFECT_BATCH: usize = 512;
 /// The hub looks at the stop flag, lost effects and due retries this often.
 const HUB_TICK: Duration = Duration::from_millis(200);
+/// A safety net: while a receiving bind is here, the hub rescans this often,
+/// so a delivery aimed here that no effect announced (the effect queue is
+/// shared by every consumer of this node's effects) still goes out.
+const SWEEP_INTERVAL_MS: u64 = 30_000;
 /// Sends of one delivery before it is parked until the account binds again.
 pub const MAX_ATTEMPTS: u32 = 6;
 /// First retry delay; doubled per attempt up to [`RETRY_MAX_MS`].
@@ -438,6 +442,7 @@ pub async fn run_hub(start: HubStart) {
         started: Instant::now(),
     };
     hub.rescan.request();
+    let mut next_sweep_ms = SWEEP_INTERVAL_MS;
     while !stop.load(Ordering::Relaxed) {
         if hub.store.take_effects_lost() {
             hub.rescan.request();
@@ -469,31 +474,36 @@ pub async fn run_hub(start: HubStart) {
             },
         )
         .await;
+        let mut batch = Vec::new();
         match wake {
-            Wake::Inbox(Some(event)) => {
-                hub.on_event(event);
-                // Take what else is waiting before the next round of work.
-                for _ in 0..HUB_INBOX_CAPACITY {
-                    match inbox.try_recv() {
-                        Ok(event) => hub.on_event(event),
-                        Err(_) => break,
-                    }
-                }
-            }
-            Wake::Effect(Some(effect)) => {
-                let mut batch = Vec::with_capacity(EFFECT_BATCH);
-                batch.push(effect);
-                while batch.len() < EFFECT_BATCH {
-                    match effects.try_recv() {
-                        Ok(effect) => batch.push(effect),
-                        Err(_) => break,
-                    }
-                }
-                hub.on_effects(batch).await;
-            }
+            Wake::Inbox(Some(event)) => hub.on_event(event),
+            Wake::Effect(Some(effect)) => batch.push(effect),
             // Both channels outlive the hub; a closed one means shutdown.
             Wake::Inbox(None) | Wake::Effect(None) => break,
             Wake::Tick => {}
+        }
+        // Whichever woke us, take what else waits on both sides (bounded), so
+        // a busy inbox cannot starve the effects or the other way round.
+        for _ in 0..HUB_INBOX_CAPACITY {
+            match inbox.try_recv() {
+                Ok(event) => hub.on_event(event),
+                Err(_) => break,
+            }
+        }
+        while batch.len() < EFFECT_BATCH {
+            match effects.try_recv() {
+                Ok(effect) => batch.push(effect),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            hub.on_effects(batch).await;
+        }
+        if hub.now_ms() >= next_sweep_ms {
+            next_sweep_ms = hub.now_ms().saturating_add(SWEEP_INTERVAL_MS);
+            if !hub.receivers.is_empty() {
+                hub.rescan.request();
+            }
         }
     }
     tracing::debug!(node = node_id, "delivery hub stopped");
