@@ -398,16 +398,24 @@ impl Rescan {
     }
 }
 
-struct Hub {
-    node_id: u64,
-    store: StoreHandle,
-    link: DeliveryLink,
+/// The hub's book of deliveries in hand: pure bookkeeping (no store, no
+/// clock of its own), so its rules are tested on their own.
+#[derive(Default)]
+struct Ledger {
+    /// Receiving binds here per account, with the round-robin position.
     receivers: HashMap<String, (Vec<Receiver>, usize)>,
     ready: HashMap<String, VecDeque<Job>>,
     retrying: BTreeMap<(u64, MessageId), Job>,
     parked: HashMap<String, Vec<MessageId>>,
     tracked: HashMap<MessageId, Place>,
     rescan: Rescan,
+}
+
+struct Hub {
+    node_id: u64,
+    store: StoreHandle,
+    link: DeliveryLink,
+    ledger: Ledger,
     started: Instant,
 }
 
@@ -433,32 +441,28 @@ pub async fn run_hub(start: HubStart) {
         node_id,
         store,
         link,
-        receivers: HashMap::new(),
-        ready: HashMap::new(),
-        retrying: BTreeMap::new(),
-        parked: HashMap::new(),
-        tracked: HashMap::new(),
-        rescan: Rescan::default(),
+        ledger: Ledger::default(),
         started: Instant::now(),
     };
-    hub.rescan.request();
+    hub.ledger.rescan.request();
     let mut next_sweep_ms = SWEEP_INTERVAL_MS;
     while !stop.load(Ordering::Relaxed) {
         if hub.store.take_effects_lost() {
-            hub.rescan.request();
+            hub.ledger.rescan.request();
         }
-        if hub.rescan.active && hub.has_room() && !hub.receivers.is_empty() {
+        if hub.ledger.wants_rescan_page() {
             hub.rescan_page().await;
-        } else if hub.receivers.is_empty() {
+        } else if hub.ledger.receivers.is_empty() {
             // Nothing can go out; a receiving bind asks for a rescan itself.
-            hub.rescan = Rescan::default();
+            hub.ledger.rescan = Rescan::default();
         }
-        hub.release_due_retries();
-        hub.pump();
-        let wait = if hub.rescan.active && hub.has_room() && !hub.receivers.is_empty() {
+        let now_ms = hub.now_ms();
+        hub.ledger.release_due_retries(now_ms);
+        hub.ledger.pump();
+        let wait = if hub.ledger.wants_rescan_page() {
             Duration::ZERO
         } else {
-            hub.next_retry_in().min(HUB_TICK)
+            hub.ledger.next_retry_in(now_ms).min(HUB_TICK)
         };
         let wake = or(
             async { Wake::Inbox(inbox.recv_async().await.ok()) },
@@ -501,8 +505,8 @@ pub async fn run_hub(start: HubStart) {
         }
         if hub.now_ms() >= next_sweep_ms {
             next_sweep_ms = hub.now_ms().saturating_add(SWEEP_INTERVAL_MS);
-            if !hub.receivers.is_empty() {
-                hub.rescan.request();
+            if !hub.ledger.receivers.is_empty() {
+                hub.ledger.rescan.request();
             }
         }
     }
@@ -514,17 +518,6 @@ impl Hub {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn has_room(&self) -> bool {
-        self.tracked.len() < MAX_TRACKED
-    }
-
-    fn next_retry_in(&self) -> Duration {
-        match self.retrying.keys().next() {
-            Some((due_ms, _)) => Duration::from_millis(due_ms.saturating_sub(self.now_ms())),
-            None => HUB_TICK,
-        }
-    }
-
     fn on_event(&mut self, event: HubEvent) {
         match event {
             HubEvent::Opened {
@@ -533,17 +526,11 @@ impl Hub {
                 jobs,
             } => {
                 tracing::debug!(session, account = account.as_str(), "receiving bind");
-                // Deliveries parked after too many attempts get a new chance.
-                for id in self.parked.remove(&account).unwrap_or_default() {
-                    self.tracked.remove(&id);
-                }
-                let entry = self.receivers.entry(account).or_default();
-                entry.0.push(Receiver { session, jobs });
-                self.rescan.request();
+                self.ledger.opened(account, session, jobs);
             }
-            HubEvent::Closed { session } => self.on_closed(session),
+            HubEvent::Closed { session } => self.ledger.closed(session),
             HubEvent::Acked { id, kind } => {
-                self.tracked.insert(id, Place::Committing);
+                self.ledger.tracked.insert(id, Place::Committing);
                 let command = match kind {
                     DeliveryKind::Dlr => Command::DlrDelivered { id },
                     DeliveryKind::Mo => Command::MoDelivered { id },
@@ -562,20 +549,157 @@ impl Hub {
             }
             HubEvent::Failed { job, status } => {
                 tracing::debug!(id = %job.id, attempts = job.attempts, ?status, "deliver_sm not accepted");
-                self.retry_or_park(job);
+                let now_ms = self.now_ms();
+                self.ledger.retry_or_park(job, now_ms);
             }
             HubEvent::Committed { id, cleared } => {
-                self.tracked.remove(&id);
                 if !cleared {
-                    // Still pending in the store: it goes out again (a duplicate).
                     tracing::warn!(%id, "delivery acknowledged but not committed; will resend");
-                    self.rescan.request();
                 }
+                self.ledger.committed(id, cleared);
             }
         }
     }
 
-    fn on_closed(&mut self, session: u64) {
+    async fn on_effects(&mut self, batch: Vec<Effect>) {
+        let node = self.node_id;
+        let wanted = self
+            .ledger
+            .claim(batch.iter().filter_map(|effect| match effect {
+                Effect::Deliver { id, node: to, .. } => {
+                    debug_assert_eq!(*to, node, "the driver forwards only this node's effects");
+                    Some(*id)
+                }
+                // Dispatch is the operator side's work.
+                Effect::Dispatch { .. } => None,
+            }));
+        if wanted.is_empty() {
+            return;
+        }
+        let lookup = wanted.clone();
+        let loaded = self
+            .store
+            .query(move |state| {
+                lookup
+                    .iter()
+                    .filter_map(|id| {
+                        let pending = state.pending_delivery(id)?;
+                        (pending.target == Some(node)).then(|| load(state, *id, pending))?
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        for id in &wanted {
+            self.ledger.tracked.remove(id);
+        }
+        match loaded {
+            Ok(loaded) => self.ledger.take_loaded(loaded),
+            Err(e) => {
+                tracing::warn!("loading deliveries failed: {e}; rescanning");
+                self.ledger.rescan.request();
+            }
+        }
+    }
+
+    async fn rescan_page(&mut self) {
+        let node = self.node_id;
+        let after = self.ledger.rescan.after;
+        let page = self
+            .store
+            .query(move |state| {
+                let mut last = None;
+                let mut count = 0;
+                let mut loaded = Vec::new();
+                for (id, pending) in state
+                    .deliveries_for_node(node)
+                    .filter(|(id, _)| match after {
+                        Some(a) => *id > a,
+                        None => true,
+                    })
+                    .take(RESCAN_PAGE)
+                {
+                    last = Some(id);
+                    count += 1;
+                    if let Some(l) = load(state, id, pending) {
+                        loaded.push(l);
+                    }
+                }
+                (loaded, last, count == RESCAN_PAGE)
+            })
+            .await;
+        match page {
+            Ok((loaded, last, full)) => {
+                let fresh = loaded
+                    .into_iter()
+                    .filter(|l| !self.ledger.tracked.contains_key(&l.id))
+                    .collect();
+                self.ledger.take_loaded(fresh);
+                self.ledger.rescan.page_done(last, full);
+            }
+            Err(e) => tracing::warn!("delivery rescan failed: {e}"),
+        }
+    }
+}
+
+impl Ledger {
+    fn has_room(&self) -> bool {
+        self.tracked.len() < MAX_TRACKED
+    }
+
+    /// A rescan page is due now: asked for, room for it, and someone to send to.
+    fn wants_rescan_page(&self) -> bool {
+        self.rescan.active && self.has_room() && !self.receivers.is_empty()
+    }
+
+    fn next_retry_in(&self, now_ms: u64) -> Duration {
+        match self.retrying.keys().next() {
+            Some((due_ms, _)) => Duration::from_millis(due_ms.saturating_sub(now_ms)),
+            None => HUB_TICK,
+        }
+    }
+
+    fn opened(&mut self, account: String, session: u64, jobs: flume::Sender<Job>) {
+        // Deliveries parked after too many attempts get a new chance.
+        for id in self.parked.remove(&account).unwrap_or_default() {
+            self.tracked.remove(&id);
+        }
+        let entry = self.receivers.entry(account).or_default();
+        entry.0.push(Receiver { session, jobs });
+        self.rescan.request();
+    }
+
+    fn committed(&mut self, id: MessageId, cleared: bool) {
+        self.tracked.remove(&id);
+        if !cleared {
+            // Still pending in the store: it goes out again (a duplicate).
+            self.rescan.request();
+        }
+    }
+
+    /// Ids of announced deliveries worth loading: not in hand already, and
+    /// only while someone here can take them and there is room. Claimed ids
+    /// count as in hand (so a rescan page skips them) until released.
+    fn claim(&mut self, announced: impl Iterator<Item = MessageId>) -> Vec<MessageId> {
+        let mut wanted = Vec::new();
+        if self.receivers.is_empty() {
+            // Nothing can go out here; a receiving bind rescans.
+            return wanted;
+        }
+        for id in announced {
+            if self.tracked.contains_key(&id) {
+                continue;
+            }
+            if !self.has_room() {
+                self.rescan.request();
+                break;
+            }
+            self.tracked.insert(id, Place::Queued);
+            wanted.push(id);
+        }
+        wanted
+    }
+
+    fn closed(&mut self, session: u64) {
         let mut emptied = None;
         for (account, (list, _)) in &mut self.receivers {
             if let Some(index) = list.iter().position(|r| r.session == session) {
@@ -601,20 +725,19 @@ impl Hub {
         }
     }
 
-    fn retry_or_park(&mut self, job: Job) {
+    fn retry_or_park(&mut self, job: Job, now_ms: u64) {
         if job.attempts >= MAX_ATTEMPTS {
             tracing::info!(id = %job.id, account = job.account.as_str(), "delivery parked until the account binds again");
             self.tracked.insert(job.id, Place::Parked);
             self.parked.entry(job.account).or_default().push(job.id);
             return;
         }
-        let due_ms = self.now_ms().saturating_add(retry_delay_ms(job.attempts));
+        let due_ms = now_ms.saturating_add(retry_delay_ms(job.attempts));
         self.tracked.insert(job.id, Place::Retrying);
         self.retrying.insert((due_ms, job.id), job);
     }
 
-    fn release_due_retries(&mut self) {
-        let now_ms = self.now_ms();
+    fn release_due_retries(&mut self, now_ms: u64) {
         while let Some(entry) = self.retrying.first_entry() {
             if entry.key().0 > now_ms {
                 break;
@@ -680,99 +803,6 @@ impl Hub {
             }
         }
         self.ready.retain(|_, queue| !queue.is_empty());
-    }
-
-    async fn on_effects(&mut self, batch: Vec<Effect>) {
-        if self.receivers.is_empty() {
-            // Nothing can go out here; a receiving bind rescans.
-            return;
-        }
-        let mut wanted = Vec::with_capacity(batch.len());
-        for effect in batch {
-            let Effect::Deliver { id, node, .. } = effect else {
-                continue;
-            };
-            debug_assert_eq!(
-                node, self.node_id,
-                "the driver forwards only this node's effects"
-            );
-            if self.tracked.contains_key(&id) {
-                continue;
-            }
-            if !self.has_room() {
-                self.rescan.request();
-                break;
-            }
-            // Reserved now so a rescan page loaded meanwhile skips it.
-            self.tracked.insert(id, Place::Queued);
-            wanted.push(id);
-        }
-        if wanted.is_empty() {
-            return;
-        }
-        let node = self.node_id;
-        let lookup = wanted.clone();
-        let loaded = self
-            .store
-            .query(move |state| {
-                lookup
-                    .iter()
-                    .filter_map(|id| {
-                        let pending = state.pending_delivery(id)?;
-                        (pending.target == Some(node)).then(|| load(state, *id, pending))?
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await;
-        for id in &wanted {
-            self.tracked.remove(id);
-        }
-        match loaded {
-            Ok(loaded) => self.take_loaded(loaded),
-            Err(e) => {
-                tracing::warn!("loading deliveries failed: {e}; rescanning");
-                self.rescan.request();
-            }
-        }
-    }
-
-    async fn rescan_page(&mut self) {
-        let node = self.node_id;
-        let after = self.rescan.after;
-        let page = self
-            .store
-            .query(move |state| {
-                let mut last = None;
-                let mut count = 0;
-                let mut loaded = Vec::new();
-                for (id, pending) in state
-                    .deliveries_for_node(node)
-                    .filter(|(id, _)| match after {
-                        Some(a) => *id > a,
-                        None => true,
-                    })
-                    .take(RESCAN_PAGE)
-                {
-                    last = Some(id);
-                    count += 1;
-                    if let Some(l) = load(state, id, pending) {
-                        loaded.push(l);
-                    }
-                }
-                (loaded, last, count == RESCAN_PAGE)
-            })
-            .await;
-        match page {
-            Ok((loaded, last, full)) => {
-                let fresh = loaded
-                    .into_iter()
-                    .filter(|l| !self.tracked.contains_key(&l.id))
-                    .collect();
-                self.take_loaded(fresh);
-                self.rescan.page_done(last, full);
-            }
-            Err(e) => tracing::warn!("delivery rescan failed: {e}"),
-        }
     }
 
     fn take_loaded(&mut self, loaded: Vec<Loaded>) {
@@ -1037,5 +1067,120 @@ mod tests {
         assert_eq!(*done_at_ms, Some(3_000));
         assert_eq!(*message_state, 2);
         assert_eq!(text_head, b"hello");
+    }
+
+    fn job(counter: u64, account: &str, attempts: u32) -> Job {
+        Job {
+            id: MessageId::from_parts(2, 1, 0, counter).unwrap(),
+            kind: DeliveryKind::Dlr,
+            account: account.into(),
+            attempts,
+            deliver_sm: DeliverSm::default(),
+        }
+    }
+
+    fn ledger_with(sessions: &[(&str, u64, usize)]) -> (Ledger, Vec<flume::Receiver<Job>>) {
+        let mut ledger = Ledger::default();
+        let mut inboxes = Vec::new();
+        for (account, session, capacity) in sessions {
+            let (tx, rx) = flume::bounded(*capacity);
+            ledger.opened((*account).into(), *session, tx);
+            inboxes.push(rx);
+        }
+        ledger.rescan = Rescan::default();
+        (ledger, inboxes)
+    }
+
+    #[test]
+    fn pump_spreads_over_receivers_and_keeps_what_does_not_fit() {
+        let (mut ledger, inboxes) = ledger_with(&[("acme", 1, 1), ("acme", 2, 1)]);
+        for n in 0..3 {
+            ledger.queue(job(n, "acme", 0));
+        }
+        ledger.pump();
+        assert_eq!(inboxes[0].len(), 1);
+        assert_eq!(inboxes[1].len(), 1);
+        let places: Vec<Place> = (0..3)
+            .map(|n| ledger.tracked[&job(n, "acme", 0).id])
+            .collect();
+        assert!(places.contains(&Place::Session(1)) && places.contains(&Place::Session(2)));
+        assert!(
+            places.contains(&Place::Queued),
+            "one waits for room: {places:?}"
+        );
+        let taken = inboxes[0].try_recv().unwrap();
+        assert_eq!(ledger.tracked[&taken.id], Place::Session(1));
+        ledger.pump();
+        assert!(
+            ledger.ready.is_empty(),
+            "the third went out once there was room"
+        );
+        assert_eq!(inboxes[0].len() + inboxes[1].len(), 2);
+    }
+
+    #[test]
+    fn a_closed_session_gives_back_what_it_held_through_a_rescan() {
+        let (mut ledger, _inboxes) = ledger_with(&[("acme", 1, 1)]);
+        ledger.queue(job(1, "acme", 0));
+        ledger.queue(job(2, "acme", 0));
+        ledger.pump();
+        assert_eq!(ledger.tracked.len(), 2);
+        ledger.closed(1);
+        assert!(
+            ledger.tracked.is_empty(),
+            "nothing stays in hand: {:?}",
+            ledger.tracked
+        );
+        assert!(ledger.ready.is_empty());
+        assert!(ledger.receivers.is_empty());
+        assert!(ledger.rescan.active, "the store still has them: rescan");
+        // With nobody to send to, loaded deliveries are left to the store.
+        ledger.queue(job(3, "acme", 0));
+        assert!(ledger.tracked.is_empty());
+    }
+
+    #[test]
+    fn failures_back_off_then_park_until_the_account_binds_again() {
+        let (mut ledger, _inboxes) = ledger_with(&[("acme", 1, 4)]);
+        let first = job(1, "acme", 1);
+        let id = first.id;
+        ledger.retry_or_park(first, 5_000);
+        assert_eq!(ledger.tracked[&id], Place::Retrying);
+        assert_eq!(ledger.next_retry_in(5_000), Duration::from_millis(1_000));
+        ledger.release_due_retries(5_999);
+        assert_eq!(ledger.tracked[&id], Place::Retrying, "not due yet");
+        ledger.release_due_retries(6_000);
+        assert_eq!(ledger.tracked[&id], Place::Queued);
+
+        let tired = job(2, "acme", MAX_ATTEMPTS);
+        let tired_id = tired.id;
+        ledger.retry_or_park(tired, 6_000);
+        assert_eq!(ledger.tracked[&tired_id], Place::Parked);
+        assert!(
+            ledger.claim([tired_id].into_iter()).is_empty(),
+            "parked stays parked"
+        );
+        let (tx, _rx) = flume::bounded(1);
+        ledger.opened("acme".into(), 2, tx);
+        assert!(
+            !ledger.tracked.contains_key(&tired_id),
+            "a new bind unparks it"
+        );
+        assert!(ledger.rescan.active, "and rescans to load it again");
+    }
+
+    #[test]
+    fn claims_skip_deliveries_in_hand_and_need_a_receiver() {
+        let id = |n| MessageId::from_parts(2, 1, 0, n).unwrap();
+        let mut nobody = Ledger::default();
+        assert!(nobody.claim([id(1)].into_iter()).is_empty());
+        let (mut ledger, _inboxes) = ledger_with(&[("acme", 1, 1)]);
+        assert_eq!(ledger.claim([id(1), id(2)].into_iter()), vec![id(1), id(2)]);
+        assert_eq!(ledger.claim([id(1), id(3)].into_iter()), vec![id(3)]);
+        ledger.committed(id(1), true);
+        assert!(!ledger.rescan.active);
+        ledger.committed(id(2), false);
+        assert!(ledger.rescan.active, "an uncommitted ack is sent again");
+        assert!(!ledger.tracked.contains_key(&id(2)));
     }
 }
