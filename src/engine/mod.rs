@@ -5,14 +5,15 @@
 //! pinned glommio executor per configured core with its SMPP listener) and
 //! of shutdown (stop flag, cores unbind and drain, store stopped cleanly).
 //! Must not touch: SMPP session rules (see `session`), the store's internals
-//! (only `StoreHandle`), or operator connectors and delivery, which live in
-//! their own modules once built and start here the same way.
+//! (only `StoreHandle`), operator connectors, or delivery to customers (see
+//! `delivery`; its hub starts here on the first core).
 //!
 //! Nothing assumes one node: bind counts and accounts come from the
 //! replicated state, ids carry the node id and a boot epoch committed through
 //! the log, and binds are registered through the log.
 
 pub mod auth;
+pub mod delivery;
 pub mod session;
 pub mod shard;
 pub mod throttle;
@@ -116,6 +117,17 @@ pub fn run(
     stop: Arc<AtomicBool>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), EngineError> {
+    run_with_store(resolved, stop, |addr, _| on_ready(addr))
+}
+
+/// [`run`], with the store handle given to `on_ready` as well: for tests and
+/// embedders that drive the state directly (e.g. commit an operator's
+/// receipt without an operator).
+pub fn run_with_store(
+    resolved: Resolved,
+    stop: Arc<AtomicBool>,
+    on_ready: impl FnOnce(SocketAddr, StoreHandle),
+) -> Result<(), EngineError> {
     let node = &resolved.config.node;
     let cores = if node.cores.is_empty() {
         runtime::available_cores()
@@ -166,7 +178,7 @@ fn serve_with_store(
     handle: &StoreHandle,
     cores: &[usize],
     stop: &Arc<AtomicBool>,
-    on_ready: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(SocketAddr, StoreHandle),
 ) -> Result<(), EngineError> {
     let node_id = resolved.config.node.id;
     let epoch = announce_node(handle, node_id, stop)?;
@@ -175,6 +187,14 @@ fn serve_with_store(
 
     let mut executors = Vec::with_capacity(cores.len());
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(cores.len());
+    let (delivery_link, delivery_inbox) = delivery::DeliveryLink::new();
+    let mut hub = Some(delivery::HubStart {
+        node_id,
+        store: handle.clone(),
+        inbox: delivery_inbox,
+        link: delivery_link.clone(),
+        stop: Arc::clone(stop),
+    });
     for (index, &core) in cores.iter().enumerate() {
         let start = shard::ShardStart {
             index: u8::try_from(index).unwrap_or(u8::MAX),
@@ -185,6 +205,8 @@ fn serve_with_store(
             store: handle.clone(),
             settings: settings.clone(),
             stop: Arc::clone(stop),
+            delivery: delivery_link.clone(),
+            hub: hub.take(),
             ready: ready_tx.clone(),
         };
         match runtime::spawn_pinned(&format!("tern-core-{core}"), core, move || {
@@ -221,7 +243,7 @@ fn serve_with_store(
             %addr,
             "tern serve ready: SMPP listening"
         );
-        on_ready(addr);
+        on_ready(addr, handle.clone());
     }
     join_all(executors);
     tracing::info!("connection cores stopped");

@@ -4,18 +4,23 @@
 //! `smpp::session`), authentication of the bind, the per-bind window, the
 //! throttle check, turning submit_sm / data_sm into an `Accept` proposal and
 //! answering only once it committed, query_sm from the store, enquire_link
-//! both ways, dropping a silent peer, and the unbind on shutdown. Must not
-//! touch: other connections, the store's internals (only `StoreHandle`), or
-//! routing and delivery to operators.
+//! both ways, dropping a silent peer, the unbind on shutdown, and on a
+//! receiver/transceiver bind sending the deliver_sm the delivery hub hands
+//! it (in the bind's window, timed out there) and reporting each answer back
+//! to the hub. Must not touch: other connections, the store's internals
+//! (only `StoreHandle`), which delivery goes where or its commit (see
+//! `delivery`), or routing and delivery to operators.
 //!
 //! Shape: one task per connection owns all of this state; it waits on
-//! whichever comes first of bytes from the socket, a committed proposal, or
-//! its next timer. Each proposal is awaited by a small task of its own that
+//! whichever comes first of bytes from the socket, a committed proposal, a
+//! delivery to send (only while the delivery window has room), or its next
+//! timer. Each proposal is awaited by a small task of its own that
 //! hands the outcome back through a channel bounded by the window, so the
 //! connection keeps reading while commits are in flight. Responses produced
 //! by one read are written with one write.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,6 +31,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 
 use super::auth;
+use super::delivery::{HubEvent, Job, DELIVER_RESP_TIMEOUT_MS};
 use super::shard::Shard;
 use super::throttle::{per_core_rate, TokenBucket};
 use crate::smpp::command::CommandId;
@@ -35,7 +41,9 @@ use crate::smpp::pdu::{
     SystemId,
 };
 use crate::smpp::segment::parse_udh;
-use crate::smpp::session::{BindSession, KeepAlive, KeepAliveConfig, Role, SequenceNumbers};
+use crate::smpp::session::{
+    BindSession, KeepAlive, KeepAliveConfig, ResponseMatch, Role, SequenceNumbers, Window,
+};
 use crate::smpp::status::CommandStatus;
 use crate::smpp::time::{AbsoluteTime, SmppTime, TimeField};
 use crate::store::command::{Accept, Address, BindKind, Command, SegmentInfo};
@@ -73,7 +81,15 @@ struct Completion {
 enum Event {
     Read(std::io::Result<usize>),
     Committed(Option<Completion>),
+    Deliver(Option<Job>),
     Timer,
+}
+
+/// A receiving bind's side of delivery: what the hub hands it, and the
+/// deliver_sm sent and not yet answered.
+struct Deliveries {
+    jobs: flume::Receiver<Job>,
+    window: Window<Job>,
 }
 
 struct Connection {
@@ -90,6 +106,7 @@ struct Connection {
     outstanding: usize,
     out: BytesMut,
     completions_tx: Rc<LocalSender<Completion>>,
+    deliveries: Option<Deliveries>,
     bind_deadline_ms: u64,
     /// Set once we decided to close: after the flush, or once `outstanding`
     /// drains and the unbind is answered (or the grace period ends).
@@ -135,12 +152,14 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         outstanding: 0,
         out: BytesMut::with_capacity(4096),
         completions_tx: Rc::new(completions_tx),
+        deliveries: None,
         bind_deadline_ms: now_ms.saturating_add(settings.bind_timeout_ms),
         closing: None,
     };
     tracing::debug!(session = session_id, %peer, "connection opened");
     let reason = conn.run(&mut stream, &completions_rx).await;
     tracing::debug!(session = session_id, %peer, reason, "connection closed");
+    conn.release_deliveries().await;
     conn.release_bind().await;
     let _ = stream.close().await;
 }
@@ -164,15 +183,29 @@ impl Connection {
             if let Some(reason) = self.check_timers(now_ms) {
                 return reason;
             }
+            self.expire_deliveries(now_ms).await;
             let wait = self.next_wakeup(now_ms);
+            let jobs = self
+                .deliveries
+                .as_ref()
+                .filter(|d| self.closing.is_none() && !d.window.is_full())
+                .map(|d| &d.jobs);
             let event = or(
                 async { Event::Read(stream.read(&mut chunk).await) },
                 or(
                     async { Event::Committed(completions.recv().await) },
-                    async {
-                        glommio::timer::sleep(wait).await;
-                        Event::Timer
-                    },
+                    or(
+                        async {
+                            match jobs {
+                                Some(jobs) => Event::Deliver(jobs.recv_async().await.ok()),
+                                None => futures_lite::future::pending().await,
+                            }
+                        },
+                        async {
+                            glommio::timer::sleep(wait).await;
+                            Event::Timer
+                        },
+                    ),
                 ),
             )
             .await;
@@ -205,6 +238,9 @@ impl Connection {
                     }
                 }
                 Event::Committed(None) => return "completion channel closed",
+                Event::Deliver(Some(job)) => self.send_deliveries(job).await,
+                // The hub stopped (shutdown): nothing more to deliver here.
+                Event::Deliver(None) => self.deliveries = None,
                 Event::Timer => {}
             }
         }
@@ -217,6 +253,13 @@ impl Connection {
         }
         if let Some(Closing::Draining { deadline_ms, .. }) = self.closing {
             at_ms = at_ms.min(deadline_ms);
+        }
+        if let Some(due_ms) = self
+            .deliveries
+            .as_ref()
+            .and_then(|d| d.window.next_deadline_ms())
+        {
+            at_ms = at_ms.min(due_ms);
         }
         Duration::from_millis(at_ms.saturating_sub(now_ms)).min(SHUTDOWN_POLL)
     }
@@ -354,11 +397,12 @@ impl Connection {
                     *unbind_answered = true;
                 }
             }
-            // Answers to our enquire_link, and acks we do not track yet.
-            Body::EnquireLinkResp
-            | Body::GenericNack
-            | Body::DeliverSmResp(_)
-            | Body::DataSmResp(_) => {}
+            Body::DeliverSmResp(_) | Body::GenericNack => {
+                self.on_delivery_answer(sequence_number, command, pdu.command_status)
+                    .await;
+            }
+            // Answers to our enquire_link, and acks we do not track.
+            Body::EnquireLinkResp | Body::DataSmResp(_) => {}
             _ if command.is_response() => {}
             _ => self.respond_error(command, sequence_number, S::ESME_RINVCMDID),
         }
@@ -382,10 +426,14 @@ impl Connection {
                     ?kind,
                     "bound"
                 );
+                let receiving = kind.receives().then(|| bound.account.clone());
                 self.bound = Some(bound);
                 let body = bind_resp_body(response_id);
                 self.push(&Pdu::new(sequence_number, body));
                 self.bind.apply(response_id, S::ESME_ROK);
+                if let Some(account) = receiving {
+                    self.open_deliveries(account).await;
+                }
             }
             Err(status) => {
                 let delay_ms = self
@@ -725,6 +773,134 @@ impl Connection {
             }
             Ok(None) => self.respond_error(CommandId::QuerySm, sequence_number, S::ESME_RQUERYFAIL),
             Err(status) => self.respond_error(CommandId::QuerySm, sequence_number, status),
+        }
+    }
+
+    /// Tells the hub this bind takes deliveries, in a window of its size.
+    async fn open_deliveries(&mut self, account: String) {
+        let window = NonZeroUsize::new(self.window).unwrap_or(NonZeroUsize::MIN);
+        let (jobs_tx, jobs) = flume::bounded(window.get());
+        self.deliveries = Some(Deliveries {
+            jobs,
+            window: Window::new(window, DELIVER_RESP_TIMEOUT_MS),
+        });
+        self.shard
+            .delivery()
+            .send(HubEvent::Opened {
+                account,
+                session: self.session_id,
+                jobs: jobs_tx,
+            })
+            .await;
+    }
+
+    /// Sends `first` and whatever else the hub handed over while the window
+    /// has room, all in one write.
+    async fn send_deliveries(&mut self, first: Job) {
+        let mut next = Some(first);
+        while let Some(mut job) = next.take() {
+            let Some(deliveries) = &self.deliveries else {
+                return;
+            };
+            if deliveries.window.is_full() {
+                // Only reachable through a bug in the caller's room check.
+                debug_assert!(false, "a delivery was taken with a full window");
+                self.shard
+                    .delivery()
+                    .send(HubEvent::Failed { job, status: None })
+                    .await;
+                return;
+            }
+            let sequence_number = self.sequence.allocate();
+            job.attempts = job.attempts.saturating_add(1);
+            let pdu = Pdu::new(
+                sequence_number,
+                Body::DeliverSm(std::mem::take(&mut job.deliver_sm)),
+            );
+            self.push(&pdu);
+            if let Body::DeliverSm(sm) = pdu.body {
+                job.deliver_sm = sm;
+            }
+            let now_ms = self.shard.now_ms();
+            let Some(deliveries) = &mut self.deliveries else {
+                return;
+            };
+            if let Err(refused) =
+                deliveries
+                    .window
+                    .try_reserve(sequence_number, CommandId::DeliverSm, now_ms, job)
+            {
+                // A fresh sequence number in a window with room always fits.
+                debug_assert!(false, "delivery window refused a reservation");
+                self.shard
+                    .delivery()
+                    .send(HubEvent::Failed {
+                        job: refused.into_tag(),
+                        status: None,
+                    })
+                    .await;
+                return;
+            }
+            if !deliveries.window.is_full() {
+                next = deliveries.jobs.try_recv().ok();
+            }
+        }
+    }
+
+    /// A deliver_sm_resp or generic_nack: matched against the window and
+    /// reported to the hub (OK → commit; anything else → retry later).
+    async fn on_delivery_answer(
+        &mut self,
+        sequence_number: u32,
+        command: CommandId,
+        status: CommandStatus,
+    ) {
+        let Some(deliveries) = &mut self.deliveries else {
+            return;
+        };
+        let event = match deliveries.window.complete(sequence_number, command) {
+            ResponseMatch::Matched(sent) if status == S::ESME_ROK => HubEvent::Acked {
+                id: sent.tag.id,
+                kind: sent.tag.kind,
+            },
+            ResponseMatch::Matched(sent) | ResponseMatch::Nacked(sent) => HubEvent::Failed {
+                job: sent.tag,
+                status: Some(status),
+            },
+            ResponseMatch::Mismatched { .. } | ResponseMatch::Unknown { .. } => return,
+        };
+        self.shard.delivery().send(event).await;
+    }
+
+    /// Hands deliver_sm unanswered past their deadline back for a retry.
+    async fn expire_deliveries(&mut self, now_ms: u64) {
+        let Some(deliveries) = &mut self.deliveries else {
+            return;
+        };
+        match deliveries.window.next_deadline_ms() {
+            Some(due_ms) if due_ms <= now_ms => {}
+            _ => return,
+        }
+        let expired: Vec<Job> = deliveries.window.expire(now_ms).map(|o| o.tag).collect();
+        for job in expired {
+            tracing::debug!(session = self.session_id, id = %job.id, "deliver_sm unanswered");
+            self.shard
+                .delivery()
+                .send(HubEvent::Failed { job, status: None })
+                .await;
+        }
+    }
+
+    /// Tells the hub this bind takes no more deliveries; what it held goes
+    /// out again (the store still has it).
+    async fn release_deliveries(&mut self) {
+        if self.deliveries.take().is_some() {
+            self.shard
+                .delivery()
+                .send(HubEvent::Closed {
+                    session: self.session_id,
+                })
+                .await;
         }
     }
 

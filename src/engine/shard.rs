@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpListener;
 
 use super::auth::FailedBinds;
+use super::delivery::{self, DeliveryLink, HubStart};
 use super::{session, SessionSettings};
 use crate::store::driver::StoreHandle;
 use crate::store::id::{IdError, IdGenerator, MessageId};
@@ -43,6 +44,7 @@ pub struct Shard {
     failed_binds: RefCell<FailedBinds>,
     next_session: Cell<u64>,
     open_connections: Cell<usize>,
+    delivery: DeliveryLink,
     stop: Arc<AtomicBool>,
     started: Instant,
 }
@@ -57,6 +59,10 @@ pub struct ShardStart {
     pub store: StoreHandle,
     pub settings: SessionSettings,
     pub stop: Arc<AtomicBool>,
+    /// Receiving binds register here to be handed DLRs and MOs.
+    pub delivery: DeliveryLink,
+    /// The node's delivery hub, on the one core that runs it.
+    pub hub: Option<HubStart>,
     /// Told once the listener is bound (or why it could not be).
     pub ready: crossbeam_channel::Sender<Result<SocketAddr, String>>,
 }
@@ -76,6 +82,10 @@ impl Shard {
 
     pub fn settings(&self) -> &SessionSettings {
         &self.settings
+    }
+
+    pub fn delivery(&self) -> &DeliveryLink {
+        &self.delivery
     }
 
     /// Monotonic milliseconds since this core started.
@@ -156,10 +166,14 @@ pub async fn run(start: ShardStart) {
         )),
         next_session: Cell::new(0),
         open_connections: Cell::new(0),
+        delivery: start.delivery,
         stop: start.stop,
         started: Instant::now(),
     });
     tracing::debug!(core = shard.index, %local, "listening for SMPP");
+    if let Some(hub) = start.hub {
+        glommio::spawn_local(delivery::run_hub(hub)).detach();
+    }
     let acceptor = glommio::spawn_local(accept_loop(Rc::clone(&shard), listener));
     while !shard.stopping() {
         glommio::timer::sleep(STOP_POLL).await;
