@@ -213,6 +213,19 @@ fn serve_with_store(
         join_all(executors);
         return Err(EngineError::Listen(e));
     }
+    // Operator connectors and the dispatcher of this node's messages.
+    let upstream =
+        crate::upstream::start(resolved, handle, cores, epoch, stop, None).map_err(|e| {
+            stop.store(true, Ordering::Relaxed);
+            EngineError::Listen(e)
+        });
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            join_all(executors);
+            return Err(e);
+        }
+    };
     if let Some(addr) = listening {
         tracing::info!(
             node = node_id,
@@ -224,6 +237,7 @@ fn serve_with_store(
         on_ready(addr);
     }
     join_all(executors);
+    upstream.join();
     tracing::info!("connection cores stopped");
     Ok(())
 }
