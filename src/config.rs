@@ -202,8 +202,17 @@ pub struct ConnectorConfig {
     /// `decimal-in-receipt-hex-in-resp`.
     #[serde(default = "default_id_format")]
     pub id_format: String,
+    /// What data_coding 0 means to this operator: `gsm7`, `latin1` or
+    /// `ascii`. Messages are re-labelled (never re-encoded) to keep their
+    /// meaning: GSM text to a Latin-1 operator goes out as 0xF1.
+    #[serde(default = "default_alphabet_name")]
+    pub default_alphabet: String,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+}
+
+fn default_alphabet_name() -> String {
+    "gsm7".into()
 }
 
 fn default_bind_type() -> String {
@@ -546,6 +555,16 @@ impl ConnectorConfig {
         }
     }
 
+    pub fn parsed_default_alphabet(&self) -> Option<crate::smpp::text::DefaultAlphabet> {
+        use crate::smpp::text::DefaultAlphabet;
+        match self.default_alphabet.as_str() {
+            "gsm7" => Some(DefaultAlphabet::Gsm7),
+            "latin1" => Some(DefaultAlphabet::Latin1),
+            "ascii" => Some(DefaultAlphabet::Ascii),
+            _ => None,
+        }
+    }
+
     /// The hosts as addresses (checked by `resolve`, so none fail there).
     pub fn host_addrs(&self) -> Vec<SocketAddr> {
         self.hosts
@@ -596,6 +615,12 @@ impl Config {
                     "must be as-is, hex, decimal, strip-leading-zeros, \
                      hex-in-receipt-decimal-in-resp or decimal-in-receipt-hex-in-resp"
                         .into(),
+                ));
+            }
+            if c.parsed_default_alphabet().is_none() {
+                return Err(error(
+                    &key("default_alphabet"),
+                    "must be `gsm7`, `latin1` or `ascii`".into(),
                 ));
             }
             if c.binds == 0 || c.binds > 256 {

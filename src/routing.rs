@@ -135,10 +135,17 @@ fn same_connectors(targets: &[RouteTargetConfig], connectors: &[String]) -> bool
 /// groups in the same way.
 pub fn candidates(rule: &Rule, key: u64, usable: impl Fn(&str) -> bool, out: &mut Vec<usize>) {
     out.clear();
-    let mut priorities: Vec<u32> = rule.targets.iter().map(|t| t.priority).collect();
-    priorities.sort_unstable();
-    priorities.dedup();
-    for priority in priorities {
+    // Groups in ascending priority without sorting into a new buffer: a rule
+    // has a handful of targets, so walking them once per group is cheap.
+    let mut previous: Option<u32> = None;
+    while let Some(priority) = rule
+        .targets
+        .iter()
+        .map(|t| t.priority)
+        .filter(|p| previous.map_or(true, |prev| *p > prev))
+        .min()
+    {
+        previous = Some(priority);
         let group_start = out.len();
         let mut total_weight = 0u64;
         for (index, target) in rule.targets.iter().enumerate() {

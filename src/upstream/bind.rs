@@ -27,9 +27,10 @@ use crate::smpp::pdu::{Bind, Body, DeliverSm, DeliverSmResp, Pdu, SubmitSm};
 use crate::smpp::receipt::{identify_receipt, ReceiptSyntax};
 use crate::smpp::session::{KeepAlive, KeepAliveConfig, ResponseMatch, SequenceNumbers, Window};
 use crate::smpp::status::CommandStatus;
+use crate::smpp::text::{DataCoding, DefaultAlphabet};
 use crate::smpp::wire::{Address, Password, SystemId, SystemType};
 use crate::smpp::CommandId;
-use crate::store::command::{Address as StoreAddress, Command, MoReceived, Receipt};
+use crate::store::command::{Accept, Address as StoreAddress, Command, MoReceived, Receipt};
 use crate::store::driver::{ProposeError, StoreHandle};
 use crate::store::id::IdGenerator;
 use crate::store::state::ApplyOutcome;
@@ -397,7 +398,7 @@ impl<'a> Session<'a> {
             });
             return Ok(());
         }
-        let Some(sm) = submit_sm_for(&job) else {
+        let Some(sm) = submit_sm_for(&job.accept, self.connector.default_alphabet) else {
             let _ = self.context.outcomes.send(Outcome::Failed {
                 job,
                 connector: self.connector.index,
@@ -650,10 +651,17 @@ fn store_address(ton: u8, npi: u8, address: &Address) -> StoreAddress {
     }
 }
 
+/// The data_coding to send for a stored value on a link whose 0 means
+/// `operator_default`. Customers' 0 is GSM 03.38; the octets never change,
+/// only the label. A value we do not understand goes out as stored.
+fn upstream_data_coding(stored: u8, operator_default: DefaultAlphabet) -> u8 {
+    DataCoding::from_smpp(stored, DefaultAlphabet::Gsm7)
+        .map_or(stored, |coding| coding.to_smpp(operator_default))
+}
+
 /// The submit_sm for a stored message; None when an address cannot go on
 /// the wire. A payload over 254 octets travels in message_payload, as stored.
-fn submit_sm_for(job: &Job) -> Option<SubmitSm> {
-    let accept = &job.accept;
+fn submit_sm_for(accept: &Accept, operator_default: DefaultAlphabet) -> Option<SubmitSm> {
     let mut sm = SubmitSm {
         source_addr_ton: accept.source.ton,
         source_addr_npi: accept.source.npi,
@@ -666,7 +674,7 @@ fn submit_sm_for(job: &Job) -> Option<SubmitSm> {
         priority_flag: accept.priority,
         // Always ask for the final receipt: the customer's DLR comes from it.
         registered_delivery: 1,
-        data_coding: accept.data_coding,
+        data_coding: upstream_data_coding(accept.data_coding, operator_default),
         ..SubmitSm::default()
     };
     if accept.payload.len() <= 254 {
@@ -696,4 +704,65 @@ pub async fn propose_until_committed(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::id::MessageId;
+
+    fn accept(payload: Vec<u8>, data_coding: u8) -> Accept {
+        Accept {
+            id: MessageId::from_parts(1, 1, 0, 1).expect("id"),
+            account: "a".into(),
+            source: StoreAddress {
+                ton: 5,
+                npi: 0,
+                digits: "TERN".into(),
+            },
+            destination: StoreAddress {
+                ton: 1,
+                npi: 1,
+                digits: "447700900123".into(),
+            },
+            data_coding,
+            esm_class: 0x40,
+            protocol_id: 0,
+            priority: 1,
+            registered_delivery: 0,
+            payload,
+            segment: None,
+            received_at_ms: 0,
+            validity_until_ms: None,
+            owner_node: 1,
+        }
+    }
+
+    #[test]
+    fn short_and_long_messages_go_as_stored() {
+        let sm = submit_sm_for(&accept(b"hi".to_vec(), 0), DefaultAlphabet::Gsm7).expect("sm");
+        assert_eq!(&sm.short_message[..], b"hi");
+        assert_eq!(sm.esm_class, 0x40, "UDHI kept");
+        assert_eq!(
+            sm.registered_delivery, 1,
+            "the operator's receipt is always asked for"
+        );
+        let long = vec![b'x'; 300];
+        let sm = submit_sm_for(&accept(long.clone(), 8), DefaultAlphabet::Gsm7).expect("sm");
+        assert!(sm.short_message.is_empty());
+        assert_eq!(sm.message(), Bytes::from(long));
+        let mut bad = accept(b"hi".to_vec(), 0);
+        bad.destination.digits = "1".repeat(40);
+        assert!(submit_sm_for(&bad, DefaultAlphabet::Gsm7).is_none());
+    }
+
+    #[test]
+    fn data_coding_zero_is_relabelled_per_operator() {
+        assert_eq!(upstream_data_coding(0, DefaultAlphabet::Gsm7), 0);
+        assert_eq!(upstream_data_coding(0, DefaultAlphabet::Latin1), 0xF1);
+        assert_eq!(upstream_data_coding(3, DefaultAlphabet::Latin1), 0);
+        assert_eq!(upstream_data_coding(3, DefaultAlphabet::Gsm7), 3);
+        assert_eq!(upstream_data_coding(8, DefaultAlphabet::Latin1), 8);
+        assert_eq!(upstream_data_coding(0x05, DefaultAlphabet::Latin1), 0x05);
+    }
 }

@@ -345,22 +345,25 @@ impl Dispatcher {
             |name| by_name(name).is_some_and(|c| c.is_usable()),
             &mut self.candidates,
         );
-        let chosen: Vec<usize> = self
-            .candidates
-            .iter()
-            .filter_map(|&i| rule.targets.get(i))
-            .filter_map(|t| by_name(&t.connector).map(|c| c.index))
-            .collect();
+        // Candidate targets → connector indices, in place (no allocation).
+        for slot in self.candidates.iter_mut() {
+            *slot = rule
+                .targets
+                .get(*slot)
+                .and_then(|t| by_name(&t.connector))
+                .map_or(usize::MAX, |c| c.index);
+        }
+        self.candidates.retain(|&c| c != usize::MAX);
         let Some(flight) = self.flights.get_mut(&id) else {
             return;
         };
         flight.generation = flight.generation.wrapping_add(1);
         let generation = flight.generation;
-        // Prefer a connector other than the one that just failed.
-        let mut order = chosen.clone();
+        // Prefer a connector other than the one that just failed (stable
+        // sort: the rest keep the routing order).
         if let Some(avoid) = flight.avoid {
-            if order.len() > 1 {
-                order.sort_by_key(|&c| c == avoid);
+            if self.candidates.len() > 1 {
+                self.candidates.sort_by_key(|&c| c == avoid);
             }
         }
         let mut job = Job {
@@ -369,7 +372,7 @@ impl Dispatcher {
             accept,
             queued_at: Instant::now(),
         };
-        for connector in order {
+        for &connector in &self.candidates {
             let Some(shared) = self.start.connectors.get(connector) else {
                 continue;
             };

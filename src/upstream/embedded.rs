@@ -114,6 +114,7 @@ pub fn default_connector_and_route(addr: SocketAddr) -> (ConnectorConfig, RouteC
         submit_timeout_ms: 10_000,
         // The simulator writes lowercase hex ids.
         id_format: "hex".into(),
+        default_alphabet: "gsm7".into(),
         enabled: true,
     };
     let route = RouteConfig {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ConnectorConfig, Resolved, RouteConfig, UpstreamBindType};
 use crate::smpp::receipt::IdFormat;
+use crate::smpp::text::DefaultAlphabet;
 use crate::store::command::{Accept, Command, Connector, Route};
 use crate::store::driver::{ProposeError, StoreHandle};
 use crate::store::id::MessageId;
@@ -88,6 +89,8 @@ pub struct ConnectorShared {
     pub config: ConnectorConfig,
     pub bind_type: UpstreamBindType,
     pub id_format: IdFormat,
+    /// What data_coding 0 means to this operator.
+    pub default_alphabet: DefaultAlphabet,
     /// Binds that can submit right now; the router skips a connector at 0.
     pub up_binds: AtomicUsize,
     pub jobs_tx: flume::Sender<Job>,
@@ -163,6 +166,9 @@ pub fn start(
             id_format: c
                 .parsed_id_format()
                 .ok_or("id_format checked by the config")?,
+            default_alphabet: c
+                .parsed_default_alphabet()
+                .ok_or("default_alphabet checked by the config")?,
             config: c.clone(),
             up_binds: AtomicUsize::new(0),
             jobs_tx,
