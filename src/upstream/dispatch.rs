@@ -34,6 +34,9 @@ const RESCAN_EVERY: Duration = Duration::from_secs(2);
 const SENT_WATCHDOG: Duration = Duration::from_secs(60);
 /// Wait before looking again when no connector of the route is up.
 const NO_CONNECTOR_WAIT: Duration = Duration::from_millis(200);
+/// How often a backlog waiting for queue room is looked at (binds taking
+/// work do not wake the dispatcher).
+const BACKLOG_POLL: Duration = Duration::from_millis(1);
 /// Effects taken per wake-up.
 const EFFECT_BATCH: usize = 1024;
 
@@ -71,8 +74,20 @@ struct Dispatcher {
     flights: HashMap<MessageId, Flight>,
     timers: BinaryHeap<Reverse<(Instant, MessageId, u32)>>,
     candidates: Vec<usize>,
+    /// Routed messages waiting for room in their connectors' queues, oldest
+    /// first; tried again whenever binds may have taken work.
+    backlog: std::collections::VecDeque<MessageId>,
     finished_tx: flume::Sender<MessageId>,
     finished_rx: flume::Receiver<MessageId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handed {
+    Queued,
+    /// Routed, but every usable connector's queue is full: goes to the backlog.
+    QueuesFull,
+    /// Failed, scheduled for later, or not waiting at all.
+    Other,
 }
 
 enum Wake {
@@ -91,6 +106,7 @@ pub async fn run(start: DispatchStart, stop: Arc<AtomicBool>) {
         flights: HashMap::new(),
         timers: BinaryHeap::new(),
         candidates: Vec::new(),
+        backlog: std::collections::VecDeque::new(),
         finished_tx,
         finished_rx,
     };
@@ -108,7 +124,11 @@ pub async fn run(start: DispatchStart, stop: Arc<AtomicBool>) {
             .map_or(TICK, |Reverse((at, _, _))| {
                 at.saturating_duration_since(Instant::now())
             })
-            .min(TICK);
+            .min(if d.backlog.is_empty() {
+                TICK
+            } else {
+                BACKLOG_POLL
+            });
         let wake = futures_lite::future::or(
             async { Wake::Effect(effects.recv_async().await.ok()) },
             futures_lite::future::or(
@@ -151,6 +171,7 @@ pub async fn run(start: DispatchStart, stop: Arc<AtomicBool>) {
             Wake::Tick => {}
         }
         d.run_timers();
+        d.drain_backlog();
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             d.refresh_routes().await;
@@ -266,7 +287,7 @@ impl Dispatcher {
                     state: FlightState::Waiting(accept),
                 },
             );
-            self.try_send(id);
+            self.enqueue(id);
         }
     }
 
@@ -284,7 +305,7 @@ impl Dispatcher {
                 continue;
             }
             match flight.state {
-                FlightState::Waiting(_) => self.try_send(id),
+                FlightState::Waiting(_) => self.enqueue(id),
                 FlightState::Sent(since) if since.elapsed() >= SENT_WATCHDOG => {
                     tracing::warn!(%id, "no outcome from the connector; left to the next rescan");
                     self.flights.remove(&id);
@@ -299,15 +320,36 @@ impl Dispatcher {
             .push(Reverse((Instant::now() + after, id, generation)));
     }
 
+    /// Sends what waits for queue room, oldest first, until a queue is full.
+    fn drain_backlog(&mut self) {
+        while let Some(id) = self.backlog.pop_front() {
+            if self.try_send(id) == Handed::QueuesFull {
+                self.backlog.push_front(id);
+                break;
+            }
+        }
+    }
+
+    /// Queues a new or retried message behind those already waiting.
+    fn enqueue(&mut self, id: MessageId) {
+        if self.backlog.is_empty() {
+            if self.try_send(id) == Handed::QueuesFull {
+                self.backlog.push_back(id);
+            }
+        } else {
+            self.backlog.push_back(id);
+        }
+    }
+
     /// Routes a waiting message and hands it to a connector, or schedules it.
-    fn try_send(&mut self, id: MessageId) {
+    fn try_send(&mut self, id: MessageId) -> Handed {
         let Some(flight) = self.flights.get_mut(&id) else {
-            return;
+            return Handed::Other;
         };
         let FlightState::Waiting(accept) =
             std::mem::replace(&mut flight.state, FlightState::Finishing)
         else {
-            return;
+            return Handed::Other;
         };
         if accept
             .validity_until_ms
@@ -318,7 +360,7 @@ impl Dispatcher {
                 status::EXPIRED,
                 "validity ended before an operator took it",
             );
-            return;
+            return Handed::Other;
         }
         let Some(rule) = self.table.rule_for(
             &accept.account,
@@ -330,14 +372,14 @@ impl Dispatcher {
                 accept.account, accept.destination.digits
             );
             self.fail(id, status::NO_ROUTE, &reason);
-            return;
+            return Handed::Other;
         };
         let connectors = &self.start.connectors;
         let by_name = |name: &str| connectors.iter().find(|c| c.name == name);
         if rule.targets.iter().all(|t| by_name(&t.connector).is_none()) {
             let reason = format!("route {} names no connector this node runs", rule.name);
             self.fail(id, status::NO_CONNECTOR, &reason);
-            return;
+            return Handed::Other;
         }
         candidates(
             rule,
@@ -355,7 +397,7 @@ impl Dispatcher {
         }
         self.candidates.retain(|&c| c != usize::MAX);
         let Some(flight) = self.flights.get_mut(&id) else {
-            return;
+            return Handed::Other;
         };
         flight.generation = flight.generation.wrapping_add(1);
         let generation = flight.generation;
@@ -381,16 +423,21 @@ impl Dispatcher {
                     flight.state = FlightState::Sent(Instant::now());
                     let watchdog = SENT_WATCHDOG + Duration::from_millis(MAX_QUEUED_MS);
                     self.schedule(id, generation, watchdog);
-                    return;
+                    return Handed::Queued;
                 }
                 Err(flume::TrySendError::Full(back) | flume::TrySendError::Disconnected(back)) => {
                     job = back
                 }
             }
         }
-        // Nothing usable or every queue full: wait, without counting a failure.
+        // Nothing usable, or every queue full: wait, without counting a failure.
         flight.state = FlightState::Waiting(job.accept);
-        self.schedule(id, generation, NO_CONNECTOR_WAIT);
+        if self.candidates.is_empty() {
+            self.schedule(id, generation, NO_CONNECTOR_WAIT);
+            Handed::Other
+        } else {
+            Handed::QueuesFull
+        }
     }
 
     fn on_outcome(&mut self, outcome: Outcome) {
@@ -404,7 +451,7 @@ impl Dispatcher {
                 };
                 flight.avoid = Some(connector);
                 flight.state = FlightState::Waiting(job.accept);
-                self.try_send(job.id);
+                self.enqueue(job.id);
             }
             Outcome::Failed {
                 job,

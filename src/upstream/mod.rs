@@ -152,8 +152,10 @@ pub fn start(
 
     let mut shared = Vec::with_capacity(connectors.len());
     for (index, c) in connectors.iter().enumerate() {
+        // Room for one more window per bind: a bind never waits on the dispatcher.
         let capacity = usize::from(c.window)
             .saturating_mul(usize::from(c.binds))
+            .saturating_mul(2)
             .clamp(16, 1 << 16);
         let (jobs_tx, jobs_rx) = flume::bounded(capacity);
         shared.push(Arc::new(ConnectorShared {
