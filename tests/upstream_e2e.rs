@@ -354,15 +354,26 @@ fn the_connector_reconnects_after_the_operator_restarts() {
 }
 
 #[test]
-fn the_second_connector_takes_over_when_the_first_is_down() {
+fn the_second_connector_takes_over_when_the_first_is_down_or_rejecting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let down_port = free_port();
+    let rejecting_port = free_port();
     let up_port = free_port();
+    // Refuses our credentials: the connector never comes up.
+    let rejecting = Sim::start(
+        dir.path(),
+        rejecting_port,
+        &["--system-id", "other", "--password", "other"],
+    );
     let sim = Sim::start(dir.path(), up_port, &[]);
     let serve = Serve::start(
         dir.path(),
-        &[("primary", down_port), ("backup", up_port)],
-        "[[route]]\nname = \"all\"\nconnectors = [\"primary\", \"backup\"]\n",
+        &[
+            ("down", down_port),
+            ("rejecting", rejecting_port),
+            ("backup", up_port),
+        ],
+        "[[route]]\nname = \"all\"\nconnectors = [\"down\", \"rejecting\", \"backup\"]\n",
     );
     let out = customer(serve.smpp.port(), 10, 20, &["447700900002"]);
     let states = states_of(&out, "447700900002");
@@ -372,6 +383,37 @@ fn the_second_connector_takes_over_when_the_first_is_down() {
     }
     let totals = sim.stop();
     assert_eq!(totals["submits_ok"], 10, "{totals}");
+    let refused = rejecting.stop();
+    assert_eq!(refused["submits"], 0, "{refused}");
+    assert!(
+        refused["binds_refused"].as_u64().unwrap_or(0) >= 1,
+        "{refused}"
+    );
+}
+
+#[test]
+fn weights_share_the_traffic_between_connectors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port_a, port_b) = (free_port(), free_port());
+    let sim_a = Sim::start(dir.path(), port_a, &[]);
+    let sim_b = Sim::start(dir.path(), port_b, &[]);
+    let serve = Serve::start(
+        dir.path(),
+        &[("a", port_a), ("b", port_b)],
+        "[[route]]\nname = \"all\"\ntargets = [\n\
+         { connector = \"a\", weight = 3 },\n\
+         { connector = \"b\", weight = 1 },\n]\n",
+    );
+    assert_eq!(bench(&serve, 400)["acknowledged"], 400);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim_a.taken() + sim_b.taken() < 400 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let a = sim_a.stop()["submits_ok"].as_u64().unwrap_or(0);
+    let b = sim_b.stop()["submits_ok"].as_u64().unwrap_or(0);
+    assert_eq!(a + b, 400, "a {a} b {b}");
+    // 3:1 by a hash of the message id: about 300 and 100.
+    assert!((240..=360).contains(&a), "a {a} b {b}");
 }
 
 #[test]
