@@ -32,8 +32,11 @@ const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// A message handed to a connector without any outcome after this long is
 /// forgotten (the next rescan picks it up if it is still unsubmitted).
 const SENT_WATCHDOG: Duration = Duration::from_secs(60);
-/// Wait before looking again when no connector of the route is up.
-const NO_CONNECTOR_WAIT: Duration = Duration::from_millis(200);
+/// Wait before looking again when no connector of the route is up: the
+/// first, doubled per look up to the max (a large backlog for a dead
+/// operator must not spin the dispatcher).
+const NO_CONNECTOR_WAIT: Duration = Duration::from_millis(100);
+const NO_CONNECTOR_WAIT_MAX: Duration = Duration::from_secs(3);
 /// How often a backlog waiting for queue room is looked at (binds taking
 /// work do not wake the dispatcher).
 const BACKLOG_POLL: Duration = Duration::from_millis(1);
@@ -62,6 +65,8 @@ enum FlightState {
 struct Flight {
     generation: u32,
     failures: u32,
+    /// Consecutive looks that found no usable connector.
+    idle_looks: u32,
     /// The connector that failed last: the next attempt prefers another.
     avoid: Option<usize>,
     state: FlightState,
@@ -98,6 +103,8 @@ enum Wake {
 }
 
 pub async fn run(start: DispatchStart, stop: Arc<AtomicBool>) {
+    // Unbounded in type, bounded in fact: at most one message per flight, and
+    // flights are capped by `max_in_flight`.
     let (finished_tx, finished_rx) = flume::unbounded();
     let mut d = Dispatcher {
         start,
@@ -283,6 +290,7 @@ impl Dispatcher {
                 Flight {
                     generation: 0,
                     failures: 0,
+                    idle_looks: 0,
                     avoid: None,
                     state: FlightState::Waiting(accept),
                 },
@@ -420,6 +428,7 @@ impl Dispatcher {
             };
             match shared.jobs_tx.try_send(job) {
                 Ok(()) => {
+                    flight.idle_looks = 0;
                     flight.state = FlightState::Sent(Instant::now());
                     let watchdog = SENT_WATCHDOG + Duration::from_millis(MAX_QUEUED_MS);
                     self.schedule(id, generation, watchdog);
@@ -433,7 +442,13 @@ impl Dispatcher {
         // Nothing usable, or every queue full: wait, without counting a failure.
         flight.state = FlightState::Waiting(job.accept);
         if self.candidates.is_empty() {
-            self.schedule(id, generation, NO_CONNECTOR_WAIT);
+            flight.idle_looks = flight.idle_looks.saturating_add(1);
+            let wait = NO_CONNECTOR_WAIT
+                .saturating_mul(1 << flight.idle_looks.min(8))
+                .min(NO_CONNECTOR_WAIT_MAX);
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            let jitter_ms = rand::thread_rng().gen_range(0..=wait_ms / 4);
+            self.schedule(id, generation, wait + Duration::from_millis(jitter_ms));
             Handed::Other
         } else {
             Handed::QueuesFull

@@ -203,6 +203,8 @@ pub fn start(
             }
         }
     }
+    // Unbounded in type, bounded in fact: one outcome per job handed out, and
+    // jobs are capped by the dispatcher's `max_in_flight`.
     let (outcomes_tx, outcomes_rx) = flume::unbounded();
     let mut dispatcher = Some(dispatch::DispatchStart {
         node_id: config.node.id,
