@@ -170,8 +170,9 @@ impl Drop for Serve {
 /// polls query_sm until every message is final or `wait_s` passed. Prints
 /// {"acks": {dst: [ids]}, "errors": n, "states": {id: message_state}}.
 const CUSTOMER: &str = r#"
-import json, sys, time
+import json, os, sys, time
 import smpplib.client, smpplib.consts as c
+extra = {"validity_period": os.environ["VALIDITY"]} if os.environ.get("VALIDITY") else {}
 port, count, wait_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 dests = sys.argv[4:]
 cl = smpplib.client.Client("127.0.0.1", port, timeout=10)
@@ -198,7 +199,7 @@ for dst in dests:
     for i in range(count):
         pdu = cl.send_message(source_addr_ton=c.SMPP_TON_ALNUM, source_addr="TERN",
             dest_addr_ton=c.SMPP_TON_INTL, dest_addr_npi=c.SMPP_NPI_ISDN,
-            destination_addr=dst, short_message=b"upstream test %d" % i)
+            destination_addr=dst, short_message=b"upstream test %d" % i, **extra)
         pending[pdu.sequence] = dst
         total += 1
 while sum(len(v) for v in acks.values()) + errors[0] < total:
@@ -218,7 +219,19 @@ cl.disconnect()
 "#;
 
 fn customer(port: u16, count: usize, wait_s: u32, destinations: &[&str]) -> Value {
+    customer_with_validity(port, count, wait_s, destinations, "")
+}
+
+/// `validity` is an SMPP time ("000000000002000R": two seconds from now).
+fn customer_with_validity(
+    port: u16,
+    count: usize,
+    wait_s: u32,
+    destinations: &[&str],
+    validity: &str,
+) -> Value {
     let out = Command::new("python3")
+        .env("VALIDITY", validity)
         .args(["-c", CUSTOMER])
         .arg(port.to_string())
         .arg(count.to_string())
@@ -425,5 +438,28 @@ fn the_embedded_simulator_gives_receipts_with_nothing_configured() {
     assert_eq!(states.len(), 3, "{out}");
     for (id, state) in &states {
         assert_eq!(**state, 2, "{id} delivered by the embedded operator: {out}");
+    }
+}
+
+#[test]
+fn a_message_whose_validity_ends_before_any_operator_took_it_expires() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let down_port = free_port();
+    let serve = Serve::start(
+        dir.path(),
+        &[("down", down_port)],
+        "[[route]]\nname = \"all\"\nconnectors = [\"down\"]\n",
+    );
+    let out = customer_with_validity(
+        serve.smpp.port(),
+        2,
+        20,
+        &["447700900003"],
+        "000000000002000R",
+    );
+    let states = states_of(&out, "447700900003");
+    assert_eq!(states.len(), 2, "{out}");
+    for (id, state) in &states {
+        assert_eq!(**state, 3, "{id} ends EXPIRED: {out}\n{}", serve.log_text());
     }
 }

@@ -509,20 +509,33 @@ impl Dispatcher {
             .filter(|f| f.generation == job.generation && matches!(f.state, FlightState::Sent(_)))
     }
 
-    /// Ends a message with `SubmitFailed{permanent}`; the flight stays until
-    /// the proposal is answered so that a rescan meanwhile does not retry it.
+    /// Ends a message: `Expire` for an ended validity, otherwise
+    /// `SubmitFailed{permanent}`.
     fn fail(&mut self, id: MessageId, status: u32, reason: &str) {
         tracing::warn!(%id, status = format_args!("0x{status:08X}"), "message failed: {reason}");
+        let at_ms = unix_now_ms();
+        // An ended validity is the state machine's EXPIRED (the customer's
+        // DLR says so); everything else is a failed submission.
+        let command = if status == status::EXPIRED {
+            Command::Expire { id, at_ms }
+        } else {
+            Command::SubmitFailed {
+                id,
+                status,
+                permanent: true,
+                at_ms,
+                retry_at_ms: None,
+            }
+        };
+        self.finish(id, command);
+    }
+
+    /// Proposes the command that ends a message; the flight stays until the
+    /// proposal is answered so that a rescan meanwhile does not retry it.
+    fn finish(&mut self, id: MessageId, command: Command) {
         if let Some(flight) = self.flights.get_mut(&id) {
             flight.state = FlightState::Finishing;
         }
-        let command = Command::SubmitFailed {
-            id,
-            status,
-            permanent: true,
-            at_ms: unix_now_ms(),
-            retry_at_ms: None,
-        };
         let store = self.start.store.clone();
         let finished = self.finished_tx.clone();
         glommio::spawn_local(async move {

@@ -40,7 +40,8 @@ pub mod status {
     pub const BIND_LOST: u32 = 0x0000_0401;
     /// No route covers the message (account, source, destination).
     pub const NO_ROUTE: u32 = 0x0000_0402;
-    /// The message's validity ended before an operator took it.
+    /// The message's validity ended before an operator took it (proposed as
+    /// `Expire`, so the message ends EXPIRED).
     pub const EXPIRED: u32 = 0x0000_0403;
     /// The route names no connector that this node runs.
     pub const NO_CONNECTOR: u32 = 0x0000_0404;
