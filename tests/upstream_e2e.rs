@@ -6,7 +6,9 @@
 //! query_sm (Submitted and Receipt committed); a destination no route covers
 //! ends failed; throttling by the operator is retried until everything got
 //! through; the operator killed and restarted: the connector reconnects and
-//! traffic resumes; the first connector down: the second takes the traffic.
+//! traffic resumes; the first connector down or rejecting: the next takes
+//! the traffic; weights share it; an ended validity expires a message; and
+//! messages accepted before a SIGKILL are submitted after the restart.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -462,4 +464,26 @@ fn a_message_whose_validity_ends_before_any_operator_took_it_expires() {
     for (id, state) in &states {
         assert_eq!(**state, 3, "{id} ends EXPIRED: {out}\n{}", serve.log_text());
     }
+}
+
+#[test]
+fn messages_accepted_before_a_crash_are_submitted_after_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim_port = free_port();
+    let routes = "[[route]]\nname = \"all\"\nconnectors = [\"op1\"]\n";
+    // The operator is not there yet: everything stays accepted, unsubmitted.
+    let mut serve = Serve::start(dir.path(), &[("op1", sim_port)], routes);
+    assert_eq!(bench(&serve, 200)["acknowledged"], 200);
+    // SIGKILL: no graceful anything.
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    drop(serve);
+    let sim = Sim::start(dir.path(), sim_port, &[]);
+    let _serve = Serve::start(dir.path(), &[("op1", sim_port)], routes);
+    sim.wait_taken(200, Duration::from_secs(30));
+    let totals = sim.stop();
+    assert_eq!(
+        totals["submits_ok"], 200,
+        "the restart rescan found them: {totals}"
+    );
 }
