@@ -159,6 +159,23 @@ impl Serve {
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until `binds` operator binds are up (as the log reports them).
+    fn wait_bound(&self, binds: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.log_text();
+            let bound = text
+                .lines()
+                .filter(|l| l.contains("upstream::bind") && l.contains(" bound "))
+                .count();
+            if bound >= binds {
+                return;
+            }
+            assert!(Instant::now() < deadline, "binds not up:\n{text}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Serve {
@@ -419,6 +436,8 @@ fn weights_share_the_traffic_between_connectors() {
          { connector = \"a\", weight = 3 },\n\
          { connector = \"b\", weight = 1 },\n]\n",
     );
+    // Both up first: while only one is, it rightly takes everything.
+    serve.wait_bound(2);
     assert_eq!(bench(&serve, 400)["acknowledged"], 400);
     let deadline = Instant::now() + Duration::from_secs(20);
     while sim_a.taken() + sim_b.taken() < 400 && Instant::now() < deadline {
