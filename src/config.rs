@@ -27,6 +27,12 @@ pub struct Config {
     pub store: StoreSection,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
+    #[serde(default, rename = "connector")]
+    pub connectors: Vec<ConnectorConfig>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -156,6 +162,174 @@ fn enabled_by_default() -> bool {
     true
 }
 
+/// An operator SMSC this node binds to as a client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Referenced by routes and by the store's (connector, operator id) index.
+    pub name: String,
+    /// `IP:PORT` of the SMSC; several for redundant hosts, tried in turn.
+    pub hosts: Vec<String>,
+    pub system_id: String,
+    pub password: String,
+    #[serde(default)]
+    pub system_type: String,
+    /// `transceiver` (receipts come back on the same bind) or `transmitter`
+    /// plus as many `receiver` binds (`bind_type = "transmitter+receiver"`).
+    #[serde(default = "default_bind_type")]
+    pub bind_type: String,
+    /// Binds opened to the SMSC (spread over the cores).
+    #[serde(default = "default_one")]
+    pub binds: u16,
+    /// submit_sm outstanding per bind.
+    #[serde(default = "default_connector_window")]
+    pub window: u16,
+    /// submit_sm per second over all binds; 0 = unlimited.
+    #[serde(default)]
+    pub max_tps: u32,
+    #[serde(default = "default_enquire_link_s")]
+    pub enquire_link_s: u32,
+    /// Reconnect backoff: first wait, doubled per failure up to the max.
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// A submit_sm without a response this long counts as a temporary failure.
+    #[serde(default = "default_submit_timeout_ms")]
+    pub submit_timeout_ms: u64,
+    /// How the operator writes message ids: `as-is`, `hex`, `decimal`,
+    /// `strip-leading-zeros`, `hex-in-receipt-decimal-in-resp`,
+    /// `decimal-in-receipt-hex-in-resp`.
+    #[serde(default = "default_id_format")]
+    pub id_format: String,
+    /// What data_coding 0 means to this operator: `gsm7`, `latin1` or
+    /// `ascii`. Messages are re-labelled (never re-encoded) to keep their
+    /// meaning: GSM text to a Latin-1 operator goes out as 0xF1.
+    #[serde(default = "default_alphabet_name")]
+    pub default_alphabet: String,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn default_alphabet_name() -> String {
+    "gsm7".into()
+}
+
+fn default_bind_type() -> String {
+    "transceiver".into()
+}
+fn default_one() -> u16 {
+    1
+}
+fn default_connector_window() -> u16 {
+    100
+}
+fn default_enquire_link_s() -> u32 {
+    30
+}
+fn default_reconnect_min_ms() -> u64 {
+    200
+}
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+fn default_submit_timeout_ms() -> u64 {
+    10_000
+}
+fn default_id_format() -> String {
+    "as-is".into()
+}
+
+/// One connector of a route: lower `priority` is tried first (failover);
+/// among equal priorities, traffic is shared by `weight`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTargetConfig {
+    pub connector: String,
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A routing rule: messages of `account` (any when absent) to destinations
+/// starting with `prefix` (and from sources starting with `source`) go to
+/// its connectors.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Destination prefix; the longest matching prefix wins. "" = any.
+    #[serde(default)]
+    pub prefix: String,
+    /// Source address prefix; "" = any.
+    #[serde(default)]
+    pub source: String,
+    /// Among equally long prefixes (and equally specific accounts) the
+    /// lower wins.
+    #[serde(default)]
+    pub priority: u32,
+    /// Shorthand for pure failover: tried in this order.
+    #[serde(default)]
+    pub connectors: Vec<String>,
+    /// Priorities and weights per connector (instead of `connectors`).
+    #[serde(default)]
+    pub targets: Vec<RouteTargetConfig>,
+}
+
+impl RouteConfig {
+    /// The route's targets whichever way they were written.
+    pub fn resolved_targets(&self) -> Vec<RouteTargetConfig> {
+        if !self.targets.is_empty() {
+            return self.targets.clone();
+        }
+        self.connectors
+            .iter()
+            .zip(0u32..)
+            .map(|(name, priority)| RouteTargetConfig {
+                connector: name.clone(),
+                priority,
+                weight: 1,
+            })
+            .collect()
+    }
+}
+
+/// How this node submits upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    /// Without any `[[connector]]`, start a simulated operator on loopback
+    /// and route everything to it (what the embedded default does).
+    pub embedded_simulator: bool,
+    /// Submit failures (temporary errors) before a message is failed.
+    pub max_attempts: u32,
+    /// Retry backoff after a temporary error: first wait, doubled up to max.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// Messages this node has in flight upstream at most; more wait in the
+    /// store and are picked up as these finish.
+    pub max_in_flight: u32,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            embedded_simulator: false,
+            max_attempts: 10,
+            retry_min_ms: 100,
+            retry_max_ms: 10_000,
+            max_in_flight: 100_000,
+        }
+    }
+}
+
 /// A configuration that cannot be used; the text names the file and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -208,6 +382,12 @@ impl Config {
                 window: 0,
                 enabled: true,
             }],
+            connectors: Vec::new(),
+            routes: Vec::new(),
+            upstream: UpstreamSection {
+                embedded_simulator: true,
+                ..UpstreamSection::default()
+            },
         }
     }
 
@@ -335,12 +515,186 @@ impl Config {
                 }
             }
         }
+        self.check_upstream(&error)?;
         Ok(Resolved {
             config: self,
             smpp_listen,
             store_listen,
             peers,
         })
+    }
+}
+
+/// How a connector binds to its SMSC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamBindType {
+    Transceiver,
+    /// Submits on transmitter binds; receipts on as many receiver binds.
+    TransmitterReceiver,
+}
+
+impl ConnectorConfig {
+    pub fn parsed_bind_type(&self) -> Option<UpstreamBindType> {
+        match self.bind_type.as_str() {
+            "transceiver" => Some(UpstreamBindType::Transceiver),
+            "transmitter+receiver" => Some(UpstreamBindType::TransmitterReceiver),
+            _ => None,
+        }
+    }
+
+    pub fn parsed_id_format(&self) -> Option<crate::smpp::receipt::IdFormat> {
+        use crate::smpp::receipt::IdFormat;
+        match self.id_format.as_str() {
+            "as-is" => Some(IdFormat::AsIs),
+            "hex" => Some(IdFormat::HexCaseInsensitive),
+            "decimal" => Some(IdFormat::Decimal),
+            "strip-leading-zeros" => Some(IdFormat::StripLeadingZeros),
+            "hex-in-receipt-decimal-in-resp" => Some(IdFormat::HexInReceiptDecimalInResp),
+            "decimal-in-receipt-hex-in-resp" => Some(IdFormat::DecimalInReceiptHexInResp),
+            _ => None,
+        }
+    }
+
+    pub fn parsed_default_alphabet(&self) -> Option<crate::smpp::text::DefaultAlphabet> {
+        use crate::smpp::text::DefaultAlphabet;
+        match self.default_alphabet.as_str() {
+            "gsm7" => Some(DefaultAlphabet::Gsm7),
+            "latin1" => Some(DefaultAlphabet::Latin1),
+            "ascii" => Some(DefaultAlphabet::Ascii),
+            _ => None,
+        }
+    }
+
+    /// The hosts as addresses (checked by `resolve`, so none fail there).
+    pub fn host_addrs(&self) -> Vec<SocketAddr> {
+        self.hosts
+            .iter()
+            .filter_map(|h| parse_addr(h).ok())
+            .collect()
+    }
+}
+
+impl Config {
+    fn check_upstream(
+        &self,
+        error: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in self.connectors.iter().enumerate() {
+            let key = |field: &str| format!("connector[{i}].{field}");
+            if c.name.is_empty() || c.name.len() > 64 {
+                return Err(error(&key("name"), "must be 1..=64 characters".into()));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(error(&key("name"), format!("`{}` appears twice", c.name)));
+            }
+            if c.hosts.is_empty() {
+                return Err(error(&key("hosts"), "needs at least one IP:PORT".into()));
+            }
+            for (j, host) in c.hosts.iter().enumerate() {
+                parse_addr(host).map_err(|m| error(&key(&format!("hosts[{j}]")), m))?;
+            }
+            if c.system_id.len() > 15 {
+                return Err(error(&key("system_id"), "at most 15 characters".into()));
+            }
+            if c.password.len() > 8 {
+                return Err(error(&key("password"), "at most 8 characters".into()));
+            }
+            if c.system_type.len() > 12 {
+                return Err(error(&key("system_type"), "at most 12 characters".into()));
+            }
+            if c.parsed_bind_type().is_none() {
+                return Err(error(
+                    &key("bind_type"),
+                    "must be `transceiver` or `transmitter+receiver`".into(),
+                ));
+            }
+            if c.parsed_id_format().is_none() {
+                return Err(error(
+                    &key("id_format"),
+                    "must be as-is, hex, decimal, strip-leading-zeros, \
+                     hex-in-receipt-decimal-in-resp or decimal-in-receipt-hex-in-resp"
+                        .into(),
+                ));
+            }
+            if c.parsed_default_alphabet().is_none() {
+                return Err(error(
+                    &key("default_alphabet"),
+                    "must be `gsm7`, `latin1` or `ascii`".into(),
+                ));
+            }
+            if c.binds == 0 || c.binds > 256 {
+                return Err(error(&key("binds"), "must be 1..=256".into()));
+            }
+            for (field, value) in [
+                ("window", u64::from(c.window)),
+                ("enquire_link_s", u64::from(c.enquire_link_s)),
+                ("reconnect_min_ms", c.reconnect_min_ms),
+                ("submit_timeout_ms", c.submit_timeout_ms),
+            ] {
+                if value == 0 {
+                    return Err(error(&key(field), "must be at least 1".into()));
+                }
+            }
+            if c.reconnect_max_ms < c.reconnect_min_ms {
+                return Err(error(
+                    &key("reconnect_max_ms"),
+                    "must be at least reconnect_min_ms".into(),
+                ));
+            }
+        }
+        let mut route_names = std::collections::BTreeSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("route[{i}].{field}");
+            if r.name.is_empty() || r.name.len() > 64 {
+                return Err(error(&key("name"), "must be 1..=64 characters".into()));
+            }
+            if !route_names.insert(r.name.as_str()) {
+                return Err(error(&key("name"), format!("`{}` appears twice", r.name)));
+            }
+            if r.connectors.is_empty() == r.targets.is_empty() {
+                return Err(error(
+                    &key("connectors"),
+                    "give exactly one of `connectors` and `targets`, not empty".into(),
+                ));
+            }
+            let field = if r.targets.is_empty() {
+                "connectors"
+            } else {
+                "targets"
+            };
+            for (j, target) in r.resolved_targets().iter().enumerate() {
+                if !names.contains(target.connector.as_str()) {
+                    return Err(error(
+                        &key(&format!("{field}[{j}]")),
+                        format!("no [[connector]] is named `{}`", target.connector),
+                    ));
+                }
+                if target.weight == 0 {
+                    return Err(error(
+                        &key(&format!("{field}[{j}].weight")),
+                        "must be at least 1".into(),
+                    ));
+                }
+            }
+        }
+        let up = &self.upstream;
+        for (field, value) in [
+            ("upstream.max_attempts", u64::from(up.max_attempts)),
+            ("upstream.retry_min_ms", up.retry_min_ms),
+            ("upstream.max_in_flight", u64::from(up.max_in_flight)),
+        ] {
+            if value == 0 {
+                return Err(error(field, "must be at least 1".into()));
+            }
+        }
+        if up.retry_max_ms < up.retry_min_ms {
+            return Err(error(
+                "upstream.retry_max_ms",
+                "must be at least retry_min_ms".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -431,5 +785,43 @@ mod tests {
         let ok = Config::parse(&format!("{base}password = \"p\"\nmax_tps = 5\n"), "f").unwrap();
         assert_eq!(ok.config.accounts[0].max_tps, 5);
         assert!(ok.config.accounts[0].enabled);
+    }
+
+    #[test]
+    fn connector_and_route_checks() {
+        let connector = "[[connector]]\nname = \"op\"\nhosts = [\"127.0.0.1:1\"]\n\
+                         system_id = \"s\"\npassword = \"p\"\n";
+        let ok = Config::parse(
+            &format!("{connector}[[route]]\nname = \"r\"\nconnectors = [\"op\"]\n"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(ok.config.connectors[0].binds, 1);
+        assert!(!ok.config.upstream.embedded_simulator);
+        let e = Config::parse(
+            &format!("{connector}[[route]]\nname = \"r\"\nconnectors = [\"nope\"]\n"),
+            "f",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route[0].connectors[0]"), "{e}");
+        let e = Config::parse(&format!("{connector}bind_type = \"receiver\"\n"), "f").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("connector[0].bind_type"), "{e}");
+        let e = Config::parse(&format!("{connector}id_format = \"hexx\"\n"), "f").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("connector[0].id_format"), "{e}");
+        let e = Config::parse(
+            "[[connector]]\nname = \"op\"\nhosts = [\"nowhere\"]\nsystem_id = \"s\"\npassword = \"p\"\n",
+            "f",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("connector[0].hosts[0]"), "{e}");
+        let e = Config::parse(
+            &format!(
+                "{connector}[[route]]\nname = \"r\"\ntargets = [{{ connector = \"op\", weight = 0 }}]\n"
+            ),
+            "f",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route[0].targets[0].weight"), "{e}");
+        assert!(Config::embedded_default().upstream.embedded_simulator);
     }
 }

@@ -436,7 +436,7 @@ pub async fn run_hub(start: HubStart) {
         link,
         stop,
     } = start;
-    let effects = store.effects().clone();
+    let effects = store.delivery_effects().receiver().clone();
     let mut hub = Hub {
         node_id,
         store,
@@ -447,7 +447,7 @@ pub async fn run_hub(start: HubStart) {
     hub.ledger.rescan.request();
     let mut next_sweep_ms = SWEEP_INTERVAL_MS;
     while !stop.load(Ordering::Relaxed) {
-        if hub.store.take_effects_lost() {
+        if hub.store.delivery_effects().take_lost() {
             hub.ledger.rescan.request();
         }
         if hub.ledger.wants_rescan_page() {

@@ -235,6 +235,18 @@ fn serve_with_store(
         join_all(executors);
         return Err(EngineError::Listen(e));
     }
+    // Operator connectors and the dispatcher of this node's messages.
+    let upstream = crate::upstream::start(resolved, handle, cores, epoch, stop).map_err(|e| {
+        stop.store(true, Ordering::Relaxed);
+        EngineError::Listen(e)
+    });
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            join_all(executors);
+            return Err(e);
+        }
+    };
     if let Some(addr) = listening {
         tracing::info!(
             node = node_id,
@@ -246,6 +258,7 @@ fn serve_with_store(
         on_ready(addr, handle.clone());
     }
     join_all(executors);
+    upstream.join();
     tracing::info!("connection cores stopped");
     Ok(())
 }

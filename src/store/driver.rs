@@ -258,8 +258,62 @@ enum Input {
 pub struct StoreHandle {
     inputs: Sender<Input>,
     metrics: Arc<SharedMetrics>,
-    effects: flume::Receiver<Effect>,
-    effects_lost: Arc<AtomicBool>,
+    dispatch: EffectQueue,
+    delivery: EffectQueue,
+}
+
+/// One kind of work applied commands hand to THIS node, in apply order.
+/// Clones of the handle share the queue: each effect goes to one consumer.
+/// Dispatch and delivery have a queue each, so neither consumer can take the
+/// other's work and each learns on its own when it must rescan.
+#[derive(Clone)]
+pub struct EffectQueue {
+    receiver: flume::Receiver<Effect>,
+    lost: Arc<AtomicBool>,
+}
+
+impl EffectQueue {
+    /// The effects; await with `recv_async` on an executor.
+    pub fn receiver(&self) -> &flume::Receiver<Effect> {
+        &self.receiver
+    }
+
+    /// True (once) when effects of this kind were dropped since the last call
+    /// (queue full, or a snapshot replaced the state): the consumer must rescan
+    /// the state (`owned_unsubmitted` or `deliveries_for_node` for this node).
+    pub fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// The sending half the store thread keeps for one effect queue.
+struct EffectSender {
+    sender: flume::Sender<Effect>,
+    lost: Arc<AtomicBool>,
+}
+
+impl EffectSender {
+    fn queue(capacity: usize) -> (EffectSender, EffectQueue) {
+        let (sender, receiver) = flume::bounded(capacity);
+        let lost = Arc::new(AtomicBool::new(false));
+        (
+            EffectSender {
+                sender,
+                lost: Arc::clone(&lost),
+            },
+            EffectQueue { receiver, lost },
+        )
+    }
+
+    fn send(&self, effect: Effect) {
+        if self.sender.try_send(effect).is_err() {
+            self.lost.store(true, Ordering::Release);
+        }
+    }
+
+    fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
 }
 
 impl StoreHandle {
@@ -375,18 +429,14 @@ impl StoreHandle {
         self.metrics.read()
     }
 
-    /// Work that applied commands handed to THIS node (submit a message,
-    /// deliver a DLR or MO), in apply order. Clones of the handle share one
-    /// queue: each effect goes to one consumer. Await with `recv_async`.
-    pub fn effects(&self) -> &flume::Receiver<Effect> {
-        &self.effects
+    /// Messages this node is to submit upstream (`Effect::Dispatch`).
+    pub fn dispatch_effects(&self) -> &EffectQueue {
+        &self.dispatch
     }
 
-    /// True (once) when effects were dropped since the last call (queue full,
-    /// or a snapshot replaced the state): the consumer must rescan
-    /// `AppState::owned_unsubmitted` and `deliveries_for_node` for this node.
-    pub fn take_effects_lost(&self) -> bool {
-        self.effects_lost.swap(false, Ordering::AcqRel)
+    /// DLRs and MOs this node is to deliver to customers (`Effect::Deliver`).
+    pub fn delivery_effects(&self) -> &EffectQueue {
+        &self.delivery
     }
 }
 
@@ -399,8 +449,8 @@ const EFFECT_QUEUE_CAPACITY: usize = 1 << 16;
 struct NodeState {
     state: AppState,
     node_id: u64,
-    effects: flume::Sender<Effect>,
-    effects_lost: Arc<AtomicBool>,
+    dispatch: EffectSender,
+    delivery: EffectSender,
     /// Reused buffer for draining.
     drained: Vec<Effect>,
 }
@@ -408,14 +458,14 @@ struct NodeState {
 impl NodeState {
     fn forward_effects(&mut self) {
         if !self.state.drain_effects(&mut self.drained) {
-            self.effects_lost.store(true, Ordering::Release);
+            self.dispatch.mark_lost();
+            self.delivery.mark_lost();
         }
         for effect in self.drained.drain(..) {
-            let node = match effect {
-                Effect::Dispatch { node, .. } | Effect::Deliver { node, .. } => node,
-            };
-            if node == self.node_id && self.effects.try_send(effect).is_err() {
-                self.effects_lost.store(true, Ordering::Release);
+            match effect {
+                Effect::Dispatch { node, .. } if node == self.node_id => self.dispatch.send(effect),
+                Effect::Deliver { node, .. } if node == self.node_id => self.delivery.send(effect),
+                _ => {}
             }
         }
     }
@@ -459,9 +509,9 @@ impl Store {
         let (inputs, input_rx) = crossbeam_channel::bounded(config.input_queue_capacity.max(1));
         let metrics = Arc::new(SharedMetrics::default());
         let thread_metrics = Arc::clone(&metrics);
-        let (effects_tx, effects_rx) = flume::bounded(EFFECT_QUEUE_CAPACITY);
-        let effects_lost = Arc::new(AtomicBool::new(false));
-        let effects = (effects_tx, Arc::clone(&effects_lost));
+        let (dispatch_tx, dispatch) = EffectSender::queue(EFFECT_QUEUE_CAPACITY);
+        let (delivery_tx, delivery) = EffectSender::queue(EFFECT_QUEUE_CAPACITY);
+        let effects = (dispatch_tx, delivery_tx);
         let (started_tx, started_rx) = crossbeam_channel::bounded(1);
         let thread = thread::Builder::new()
             .name(format!("tern-store-{}", config.node_id))
@@ -488,8 +538,8 @@ impl Store {
                 handle: StoreHandle {
                     inputs,
                     metrics,
-                    effects: effects_rx,
-                    effects_lost,
+                    dispatch,
+                    delivery,
                 },
                 thread: Some(thread),
             }),
@@ -563,7 +613,7 @@ impl Driver {
         config: StoreConfig,
         inputs: Receiver<Input>,
         metrics: Arc<SharedMetrics>,
-        effects: (flume::Sender<Effect>, Arc<AtomicBool>),
+        effects: (EffectSender, EffectSender),
     ) -> Result<Driver, StoreError> {
         fs::create_dir_all(&config.data_dir)?;
         let incarnation = next_incarnation(&config.data_dir)?;
@@ -583,8 +633,8 @@ impl Driver {
         let mut state = NodeState {
             state: AppState::new(),
             node_id: config.node_id,
-            effects: effects.0,
-            effects_lost: Arc::clone(&effects.1),
+            dispatch: effects.0,
+            delivery: effects.1,
             drained: Vec::new(),
         };
         let mut state_snapshot = None;
@@ -1572,12 +1622,13 @@ mod tests {
         }
         assert_eq!(accepted_count(&handle), 500);
         // Each accepted message is handed to its owner (this node) to submit.
-        let dispatches: Vec<Effect> = handle.effects().try_iter().collect();
+        let dispatches: Vec<Effect> = handle.dispatch_effects().receiver().try_iter().collect();
         assert_eq!(dispatches.len(), 500);
         assert!(dispatches
             .iter()
             .all(|e| matches!(e, Effect::Dispatch { node: 1, .. })));
-        assert!(!handle.take_effects_lost());
+        assert!(!handle.dispatch_effects().take_lost());
+        assert!(handle.delivery_effects().receiver().is_empty());
         store.shutdown().unwrap();
 
         let store = single_node(&dir);

@@ -1,0 +1,768 @@
+//! One SMPP client bind to an operator: connect, bind, submit, keep alive,
+//! take receipts and MOs, reconnect with backoff.
+//!
+//! Owns: the bind's connection, window, sequence numbers, keep-alive,
+//! throughput bucket, and the per-core context binds share (store handle,
+//! MO id generator, outcome channel). Must not touch: routing or retry
+//! decisions (the dispatcher's), or other binds.
+//!
+//! deliver_sm is answered only after its `Receipt` / `MoReceived` committed:
+//! the proposal runs as its own task and queues the response here.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+
+use super::{status, unix_now_ms, ConnectorShared, Job, Outcome};
+use crate::peer::{Event, LocalNotify, PduConnection, PeerConfig};
+use crate::smpp::frame::Frame;
+use crate::smpp::pdu::{Bind, Body, DeliverSm, DeliverSmResp, Pdu, SubmitSm};
+use crate::smpp::receipt::{identify_receipt, ReceiptSyntax};
+use crate::smpp::session::{KeepAlive, KeepAliveConfig, ResponseMatch, SequenceNumbers, Window};
+use crate::smpp::status::CommandStatus;
+use crate::smpp::text::{DataCoding, DefaultAlphabet};
+use crate::smpp::wire::{Address, Password, SystemId, SystemType};
+use crate::smpp::CommandId;
+use crate::store::command::{Accept, Address as StoreAddress, Command, MoReceived, Receipt};
+use crate::store::driver::{ProposeError, StoreHandle};
+use crate::store::id::IdGenerator;
+use crate::store::state::ApplyOutcome;
+
+/// deliver_sm proposals in flight per bind; beyond it the operator is told
+/// to try again later (ESME_RX_T_APPN) instead of queueing without bound.
+const MAX_DELIVERIES_IN_FLIGHT: usize = 1024;
+/// A job older than this when a bind takes it is handed back unsent.
+pub const MAX_QUEUED_MS: u64 = 5_000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BIND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Proposal attempts for one command before giving up on it.
+const PROPOSE_ATTEMPTS: u32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Transceiver,
+    Transmitter,
+    Receiver,
+}
+
+impl Role {
+    fn submits(self) -> bool {
+        self != Role::Receiver
+    }
+}
+
+pub struct BindSpec {
+    pub connector: Arc<ConnectorShared>,
+    pub bind_index: usize,
+    pub role: Role,
+}
+
+/// What a core needs, sent to its executor thread.
+pub struct CoreStart {
+    pub id_shard: u8,
+    pub node_id: u64,
+    pub epoch: u32,
+    pub store: StoreHandle,
+    pub outcomes: flume::Sender<Outcome>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What a core's binds share (single-threaded).
+pub struct CoreContext {
+    store: StoreHandle,
+    outcomes: flume::Sender<Outcome>,
+    stop: Arc<AtomicBool>,
+    mo_ids: RefCell<IdGenerator>,
+    started: Instant,
+}
+
+impl CoreContext {
+    pub fn new(start: CoreStart) -> Result<CoreContext, String> {
+        let ids = IdGenerator::new(start.node_id, start.id_shard, start.epoch)
+            .map_err(|e| format!("MO ids: {e}"))?;
+        Ok(CoreContext {
+            store: start.store,
+            outcomes: start.outcomes,
+            stop: start.stop,
+            mo_ids: RefCell::new(ids),
+            started: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a bind as able to submit while it lives.
+struct UpGuard<'a>(&'a ConnectorShared);
+
+impl Drop for UpGuard<'_> {
+    fn drop(&mut self) {
+        self.0.up_binds.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs one bind until the stop flag: reconnects with exponential backoff and
+/// jitter after every failure.
+pub async fn run(context: Rc<CoreContext>, spec: BindSpec) {
+    let connector = &spec.connector;
+    let min_ms = connector.config.reconnect_min_ms.max(1);
+    let max_ms = connector.config.reconnect_max_ms.max(min_ms);
+    let mut delay_ms = min_ms;
+    let mut attempt = spec.bind_index;
+    while !context.stopping() {
+        let host = match connector.hosts.get(attempt % connector.hosts.len().max(1)) {
+            Some(host) => *host,
+            None => return,
+        };
+        attempt = attempt.wrapping_add(1);
+        match connect_and_bind(&context, &spec, host).await {
+            Ok((conn, seq)) => {
+                tracing::info!(connector = connector.name.as_str(), %host, role = ?spec.role, "bound");
+                delay_ms = min_ms;
+                let result = Session::new(&context, &spec, seq).serve(conn).await;
+                match result {
+                    Ok(()) => tracing::info!(connector = connector.name.as_str(), "bind closed"),
+                    Err(e) => {
+                        tracing::warn!(connector = connector.name.as_str(), %host, "bind lost: {e}")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(connector = connector.name.as_str(), %host, "cannot bind: {e}");
+            }
+        }
+        if context.stopping() {
+            break;
+        }
+        // Half fixed, half random: binds that fell together spread out.
+        let jitter = rand::thread_rng().gen_range(0..=delay_ms / 2);
+        sleep_unless_stopped(&context, Duration::from_millis(delay_ms / 2 + jitter)).await;
+        delay_ms = delay_ms.saturating_mul(2).min(max_ms);
+    }
+}
+
+async fn sleep_unless_stopped(context: &CoreContext, total: Duration) {
+    let until = Instant::now() + total;
+    while !context.stopping() && Instant::now() < until {
+        let left = until.saturating_duration_since(Instant::now());
+        glommio::timer::sleep(left.min(Duration::from_millis(100))).await;
+    }
+}
+
+async fn connect_and_bind(
+    context: &CoreContext,
+    spec: &BindSpec,
+    host: std::net::SocketAddr,
+) -> Result<(PduConnection, SequenceNumbers), String> {
+    let config = &spec.connector.config;
+    let mut conn = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+        PduConnection::connect(host, PeerConfig::default())
+            .await
+            .map_err(glommio::GlommioError::from)
+    })
+    .await
+    .map_err(|e| format!("connect: {e}"))?;
+    let bind = Bind {
+        system_id: SystemId::from_text(&config.system_id).unwrap_or_default(),
+        password: Password::from_text(&config.password).unwrap_or_default(),
+        system_type: SystemType::from_text(&config.system_type).unwrap_or_default(),
+        interface_version: 0x34,
+        ..Bind::default()
+    };
+    let mut seq = SequenceNumbers::new();
+    let bind_seq = seq.allocate();
+    let body = match spec.role {
+        Role::Transceiver => Body::BindTransceiver(bind),
+        Role::Transmitter => Body::BindTransmitter(bind),
+        Role::Receiver => Body::BindReceiver(bind),
+    };
+    conn.send(&Pdu::new(bind_seq, body))
+        .map_err(|e| e.to_string())?;
+    let answer = glommio::timer::timeout(BIND_TIMEOUT, async {
+        loop {
+            match conn.read_pdu().await {
+                Ok(Some(Frame::Pdu(p))) if p.sequence_number == bind_seq => return Ok(Ok(p)),
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(Err("closed during bind".to_string())),
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no bind response in time".to_string())?;
+    let pdu = answer?;
+    if !pdu.command_status.is_ok() {
+        return Err(format!("bind refused: {}", pdu.command_status));
+    }
+    if context.stopping() {
+        return Err("stopping".into());
+    }
+    Ok((conn, seq))
+}
+
+enum Wake {
+    Job(Option<Job>),
+    Notified,
+    Tick,
+}
+
+struct Session<'a> {
+    context: &'a Rc<CoreContext>,
+    connector: &'a Arc<ConnectorShared>,
+    role: Role,
+    seq: SequenceNumbers,
+    window: Window<Job>,
+    keepalive: KeepAlive,
+    tokens: f64,
+    refilled_ms: u64,
+    rate_per_s: Option<f64>,
+    responses: Rc<RefCell<VecDeque<Pdu>>>,
+    deliveries_in_flight: Rc<Cell<usize>>,
+    notify: Rc<LocalNotify>,
+}
+
+impl<'a> Session<'a> {
+    fn new(context: &'a Rc<CoreContext>, spec: &'a BindSpec, seq: SequenceNumbers) -> Self {
+        let config = &spec.connector.config;
+        let now_ms = context.now_ms();
+        let enquire_ms = u64::from(config.enquire_link_s)
+            .saturating_mul(1000)
+            .max(1000);
+        let capacity = NonZeroUsize::new(usize::from(config.window)).unwrap_or(NonZeroUsize::MIN);
+        Session {
+            context,
+            connector: &spec.connector,
+            role: spec.role,
+            seq,
+            window: Window::new(capacity, config.submit_timeout_ms.max(1)),
+            keepalive: KeepAlive::new(
+                KeepAliveConfig {
+                    enquire_after_idle_ms: enquire_ms,
+                    dead_after_silence_ms: enquire_ms.saturating_mul(3),
+                },
+                now_ms,
+            ),
+            tokens: 1.0,
+            refilled_ms: now_ms,
+            rate_per_s: (config.max_tps > 0)
+                .then(|| f64::from(config.max_tps) / f64::from(config.binds.max(1))),
+            responses: Rc::new(RefCell::new(VecDeque::new())),
+            deliveries_in_flight: Rc::new(Cell::new(0)),
+            notify: Rc::new(LocalNotify::new()),
+        }
+    }
+
+    async fn serve(mut self, mut conn: PduConnection) -> Result<(), String> {
+        let _up = if self.role.submits() {
+            self.connector.up_binds.fetch_add(1, Ordering::Relaxed);
+            Some(UpGuard(self.connector))
+        } else {
+            None
+        };
+        let result = self.serve_loop(&mut conn).await;
+        // Outstanding submits: the operator may or may not have taken them.
+        for outstanding in self.window.drain() {
+            let _ = self.context.outcomes.send(Outcome::Failed {
+                job: outstanding.tag,
+                connector: self.connector.index,
+                status: status::BIND_LOST,
+            });
+        }
+        if result.is_ok() {
+            conn.close().await;
+        }
+        result
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        if let Some(rate) = self.rate_per_s {
+            let elapsed_s = now_ms.saturating_sub(self.refilled_ms) as f64 / 1000.0;
+            self.tokens = (self.tokens + elapsed_s * rate).min(rate.max(1.0));
+            self.refilled_ms = now_ms;
+        }
+    }
+
+    fn may_submit(&self, conn: &PduConnection) -> bool {
+        self.role.submits()
+            && !self.window.is_full()
+            && !conn.is_write_congested()
+            && (self.rate_per_s.is_none() || self.tokens >= 1.0)
+    }
+
+    async fn serve_loop(&mut self, conn: &mut PduConnection) -> Result<(), String> {
+        loop {
+            let now_ms = self.context.now_ms();
+            if self.context.stopping() {
+                let seq = self.seq.allocate();
+                let _ = conn.send(&Pdu::new(seq, Body::Unbind));
+                let _ = conn.flush().await;
+                return Ok(());
+            }
+            loop {
+                let next = self.responses.borrow_mut().pop_front();
+                let Some(pdu) = next else { break };
+                conn.send(&pdu).map_err(|e| e.to_string())?;
+            }
+            for expired in self.window.expire(now_ms) {
+                let _ = self.context.outcomes.send(Outcome::Failed {
+                    job: expired.tag,
+                    connector: self.connector.index,
+                    status: status::RESPONSE_TIMEOUT,
+                });
+            }
+            if self.keepalive.is_peer_dead(now_ms) {
+                return Err("operator silent past the keep-alive limit".into());
+            }
+            if self.keepalive.should_send_enquire(now_ms) {
+                let seq = self.seq.allocate();
+                conn.send(&Pdu::new(seq, Body::EnquireLink))
+                    .map_err(|e| e.to_string())?;
+                self.keepalive.on_enquire_sent(now_ms);
+            }
+            self.refill(now_ms);
+            while self.may_submit(conn) {
+                match self.connector.jobs_rx.try_recv() {
+                    Ok(job) => self.submit(conn, job, now_ms)?,
+                    Err(_) => break,
+                }
+            }
+            let wait_ms = self
+                .window
+                .next_deadline_ms()
+                .unwrap_or(u64::MAX)
+                .min(self.keepalive.next_wakeup_ms())
+                .saturating_sub(now_ms)
+                .clamp(1, 1000);
+            let wait_ms = if self.rate_per_s.is_some() && self.tokens < 1.0 {
+                wait_ms.min(5)
+            } else {
+                wait_ms
+            };
+            let can_take = self.may_submit(conn);
+            let jobs = self.connector.jobs_rx.clone();
+            let notify = Rc::clone(&self.notify);
+            let wake = async move {
+                let job = async {
+                    if can_take {
+                        Wake::Job(jobs.recv_async().await.ok())
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                let notified = async {
+                    notify.notified().await;
+                    Wake::Notified
+                };
+                let tick = async {
+                    glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
+                    Wake::Tick
+                };
+                futures_lite::future::or(job, futures_lite::future::or(notified, tick)).await
+            };
+            match conn.next_event(wake).await.map_err(|e| e.to_string())? {
+                Event::Frame(frame) => {
+                    self.keepalive.on_received(self.context.now_ms());
+                    if !self.on_frame(conn, frame)? {
+                        return Ok(());
+                    }
+                }
+                Event::Closed => return Err("operator closed the connection".into()),
+                Event::Woken(Wake::Job(Some(job))) => {
+                    let now_ms = self.context.now_ms();
+                    self.submit(conn, job, now_ms)?;
+                }
+                Event::Woken(Wake::Job(None) | Wake::Notified | Wake::Tick) => {}
+            }
+        }
+    }
+
+    fn submit(&mut self, conn: &mut PduConnection, job: Job, now_ms: u64) -> Result<(), String> {
+        let age_ms = u64::try_from(job.queued_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if age_ms > MAX_QUEUED_MS {
+            let _ = self.context.outcomes.send(Outcome::Unsent {
+                job,
+                connector: self.connector.index,
+            });
+            return Ok(());
+        }
+        let Some(sm) = submit_sm_for(&job.accept, self.connector.default_alphabet) else {
+            let _ = self.context.outcomes.send(Outcome::Failed {
+                job,
+                connector: self.connector.index,
+                status: CommandStatus::ESME_RINVSRCADR.0,
+            });
+            return Ok(());
+        };
+        let seq = self.seq.allocate();
+        match self
+            .window
+            .try_reserve(seq, CommandId::SubmitSm, now_ms, job)
+        {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = self.context.outcomes.send(Outcome::Unsent {
+                    job: e.into_tag(),
+                    connector: self.connector.index,
+                });
+                return Ok(());
+            }
+        }
+        if self.rate_per_s.is_some() {
+            self.tokens -= 1.0;
+        }
+        conn.send(&Pdu::new(seq, Body::SubmitSm(sm)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Handles one frame; false when the operator unbound.
+    fn on_frame(&mut self, conn: &mut PduConnection, frame: Frame) -> Result<bool, String> {
+        let pdu = match frame {
+            Frame::Pdu(pdu) => pdu,
+            Frame::Rejected { reply, .. } => {
+                if let Some(reply) = reply {
+                    conn.send(&reply).map_err(|e| e.to_string())?;
+                }
+                return Ok(true);
+            }
+        };
+        let seq = pdu.sequence_number;
+        let command_status = pdu.command_status;
+        match pdu.body {
+            Body::SubmitSmResp(resp) => {
+                if let ResponseMatch::Matched(o) =
+                    self.window.complete(seq, CommandId::SubmitSmResp)
+                {
+                    self.on_submit_resp(o.tag, command_status, resp.message_id.as_bytes());
+                }
+            }
+            Body::GenericNack => {
+                if let ResponseMatch::Nacked(o) = self.window.complete(seq, CommandId::GenericNack)
+                {
+                    let status = if command_status.is_ok() {
+                        CommandStatus::ESME_RSYSERR
+                    } else {
+                        command_status
+                    };
+                    self.on_submit_resp(o.tag, status, &[]);
+                }
+            }
+            Body::DeliverSm(sm) => self.on_deliver(seq, sm),
+            Body::EnquireLink => conn
+                .send(&Pdu::new(seq, Body::EnquireLinkResp))
+                .map_err(|e| e.to_string())?,
+            Body::Unbind => {
+                conn.send(&Pdu::new(seq, Body::UnbindResp))
+                    .map_err(|e| e.to_string())?;
+                return Ok(false);
+            }
+            Body::UnbindResp => return Ok(false),
+            Body::EnquireLinkResp => {}
+            body => {
+                if !body.command_id().is_response() {
+                    conn.send(&Pdu::generic_nack(seq, CommandStatus::ESME_RINVCMDID))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn on_submit_resp(&mut self, job: Job, command_status: CommandStatus, message_id: &[u8]) {
+        let connector = self.connector.index;
+        if !command_status.is_ok() {
+            let _ = self.context.outcomes.send(Outcome::Failed {
+                job,
+                connector,
+                status: command_status.0,
+            });
+            return;
+        }
+        let raw = String::from_utf8_lossy(message_id);
+        // The receipt side normalises the same way: the store compares bytes.
+        let upstream_id = match self.connector.id_format.key_from_submit_resp(&raw) {
+            Ok(key) => key.as_str().to_owned(),
+            Err(e) => {
+                tracing::warn!(
+                    connector = self.connector.name.as_str(),
+                    "submit_sm_resp id `{raw}` does not fit id_format ({e}); kept as sent"
+                );
+                raw.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0')
+                    .to_owned()
+            }
+        };
+        let command = Command::Submitted {
+            id: job.id,
+            connector: self.connector.name.clone(),
+            upstream_id,
+            at_ms: unix_now_ms(),
+        };
+        let store = self.context.store.clone();
+        let outcomes = self.context.outcomes.clone();
+        let id = job.id;
+        glommio::spawn_local(async move {
+            let outcome = match propose_until_committed(&store, &command).await {
+                Some(_) => Outcome::Submitted { id },
+                None => Outcome::Lost { id },
+            };
+            let _ = outcomes.send(outcome);
+        })
+        .detach();
+    }
+
+    fn on_deliver(&mut self, seq: u32, sm: DeliverSm) {
+        if self.deliveries_in_flight.get() >= MAX_DELIVERIES_IN_FLIGHT {
+            self.respond(seq, CommandStatus::ESME_RX_T_APPN);
+            return;
+        }
+        let command = match self.deliver_command(&sm) {
+            Ok(command) => command,
+            Err(status) => {
+                self.respond(seq, status);
+                return;
+            }
+        };
+        self.deliveries_in_flight
+            .set(self.deliveries_in_flight.get() + 1);
+        let store = self.context.store.clone();
+        let responses = Rc::clone(&self.responses);
+        let in_flight = Rc::clone(&self.deliveries_in_flight);
+        let notify = Rc::clone(&self.notify);
+        glommio::spawn_local(async move {
+            let status = match propose_until_committed(&store, &command).await {
+                Some(ApplyOutcome::Rejected(_)) => CommandStatus::ESME_RX_P_APPN,
+                Some(_) => CommandStatus::ESME_ROK,
+                // Not committed: the operator sends it again later.
+                None => CommandStatus::ESME_RX_T_APPN,
+            };
+            in_flight.set(in_flight.get().saturating_sub(1));
+            responses.borrow_mut().push_back(deliver_resp(seq, status));
+            notify.notify();
+        })
+        .detach();
+    }
+
+    fn respond(&mut self, seq: u32, status: CommandStatus) {
+        self.responses
+            .borrow_mut()
+            .push_back(deliver_resp(seq, status));
+        self.notify.notify();
+    }
+
+    /// The command a deliver_sm becomes, or the status to refuse it with.
+    fn deliver_command(&self, sm: &DeliverSm) -> Result<Command, CommandStatus> {
+        let connector = &self.connector.name;
+        let identified = identify_receipt(
+            sm.esm_class,
+            &sm.message(),
+            sm.tlvs.get(crate::smpp::tlv::tag::RECEIPTED_MESSAGE_ID),
+            sm.tlvs.message_state(),
+            sm.tlvs.network_error_code(),
+            ReceiptSyntax::default(),
+        );
+        match identified {
+            Ok(Some(found)) => {
+                let receipt = found.receipt;
+                let upstream_id = self
+                    .connector
+                    .id_format
+                    .key_from_receipt(&receipt.id)
+                    .map_err(|e| {
+                        tracing::warn!(
+                            connector = connector.as_str(),
+                            "receipt id `{}`: {e}",
+                            receipt.id
+                        );
+                        CommandStatus::ESME_RX_P_APPN
+                    })?;
+                let state = receipt
+                    .stat
+                    .as_ref()
+                    .and_then(|s| s.message_state())
+                    .unwrap_or(7);
+                let err = receipt
+                    .err
+                    .as_ref()
+                    .and_then(|e| e.value)
+                    .map_or(0, |v| u16::try_from(v).unwrap_or(u16::MAX));
+                Ok(Command::Receipt(Receipt {
+                    connector: connector.clone(),
+                    upstream_id: upstream_id.as_str().to_owned(),
+                    state,
+                    err,
+                    done_at_ms: unix_now_ms(),
+                    raw: Some(sm.short_message.to_vec()),
+                }))
+            }
+            Ok(None) => {
+                let id = self
+                    .context
+                    .mo_ids
+                    .borrow_mut()
+                    .next_id()
+                    .map_err(|_| CommandStatus::ESME_RX_T_APPN)?;
+                Ok(Command::MoReceived(MoReceived {
+                    id,
+                    connector: connector.clone(),
+                    source: store_address(sm.source_addr_ton, sm.source_addr_npi, &sm.source_addr),
+                    destination: store_address(
+                        sm.dest_addr_ton,
+                        sm.dest_addr_npi,
+                        &sm.destination_addr,
+                    ),
+                    data_coding: sm.data_coding,
+                    esm_class: sm.esm_class,
+                    payload: sm.message().to_vec(),
+                    segment: None,
+                    received_at_ms: unix_now_ms(),
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(connector = connector.as_str(), "unreadable receipt: {e}");
+                Err(CommandStatus::ESME_RX_P_APPN)
+            }
+        }
+    }
+}
+
+fn deliver_resp(seq: u32, status: CommandStatus) -> Pdu {
+    let mut pdu = Pdu::new(seq, Body::DeliverSmResp(DeliverSmResp::default()));
+    pdu.command_status = status;
+    pdu
+}
+
+fn store_address(ton: u8, npi: u8, address: &Address) -> StoreAddress {
+    StoreAddress {
+        ton,
+        npi,
+        digits: String::from_utf8_lossy(address.as_bytes()).into_owned(),
+    }
+}
+
+/// The data_coding to send for a stored value on a link whose 0 means
+/// `operator_default`. Customers' 0 is GSM 03.38; the octets never change,
+/// only the label. A value we do not understand goes out as stored.
+fn upstream_data_coding(stored: u8, operator_default: DefaultAlphabet) -> u8 {
+    DataCoding::from_smpp(stored, DefaultAlphabet::Gsm7)
+        .map_or(stored, |coding| coding.to_smpp(operator_default))
+}
+
+/// The submit_sm for a stored message; None when an address cannot go on
+/// the wire. A payload over 254 octets travels in message_payload, as stored.
+fn submit_sm_for(accept: &Accept, operator_default: DefaultAlphabet) -> Option<SubmitSm> {
+    let mut sm = SubmitSm {
+        source_addr_ton: accept.source.ton,
+        source_addr_npi: accept.source.npi,
+        source_addr: Address::from_text(&accept.source.digits)?,
+        dest_addr_ton: accept.destination.ton,
+        dest_addr_npi: accept.destination.npi,
+        destination_addr: Address::from_text(&accept.destination.digits)?,
+        esm_class: accept.esm_class,
+        protocol_id: accept.protocol_id,
+        priority_flag: accept.priority,
+        // Always ask for the final receipt: the customer's DLR comes from it.
+        registered_delivery: 1,
+        data_coding: upstream_data_coding(accept.data_coding, operator_default),
+        ..SubmitSm::default()
+    };
+    if accept.payload.len() <= 254 {
+        sm.short_message = Bytes::copy_from_slice(&accept.payload);
+    } else {
+        sm.tlvs.set_message_payload(&accept.payload).ok()?;
+    }
+    Some(sm)
+}
+
+/// Proposes until the command commits (idempotent commands: a retry after an
+/// unknown outcome is safe). None when it never did within the attempts.
+pub async fn propose_until_committed(
+    store: &StoreHandle,
+    command: &Command,
+) -> Option<ApplyOutcome> {
+    let bytes = command.encode();
+    let mut delay_ms = 10u64;
+    for _ in 0..PROPOSE_ATTEMPTS {
+        match store.propose(bytes.clone()).await {
+            Ok(outcome) => return Some(outcome),
+            Err(ProposeError::Stopped) => return None,
+            Err(ProposeError::Retry(_) | ProposeError::Busy) => {
+                glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+                delay_ms = (delay_ms * 2).min(1000);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::id::MessageId;
+
+    fn accept(payload: Vec<u8>, data_coding: u8) -> Accept {
+        Accept {
+            id: MessageId::from_parts(1, 1, 0, 1).expect("id"),
+            account: "a".into(),
+            source: StoreAddress {
+                ton: 5,
+                npi: 0,
+                digits: "TERN".into(),
+            },
+            destination: StoreAddress {
+                ton: 1,
+                npi: 1,
+                digits: "447700900123".into(),
+            },
+            data_coding,
+            esm_class: 0x40,
+            protocol_id: 0,
+            priority: 1,
+            registered_delivery: 0,
+            payload,
+            segment: None,
+            received_at_ms: 0,
+            validity_until_ms: None,
+            owner_node: 1,
+        }
+    }
+
+    #[test]
+    fn short_and_long_messages_go_as_stored() {
+        let sm = submit_sm_for(&accept(b"hi".to_vec(), 0), DefaultAlphabet::Gsm7).expect("sm");
+        assert_eq!(&sm.short_message[..], b"hi");
+        assert_eq!(sm.esm_class, 0x40, "UDHI kept");
+        assert_eq!(
+            sm.registered_delivery, 1,
+            "the operator's receipt is always asked for"
+        );
+        let long = vec![b'x'; 300];
+        let sm = submit_sm_for(&accept(long.clone(), 8), DefaultAlphabet::Gsm7).expect("sm");
+        assert!(sm.short_message.is_empty());
+        assert_eq!(sm.message(), Bytes::from(long));
+        let mut bad = accept(b"hi".to_vec(), 0);
+        bad.destination.digits = "1".repeat(40);
+        assert!(submit_sm_for(&bad, DefaultAlphabet::Gsm7).is_none());
+    }
+
+    #[test]
+    fn data_coding_zero_is_relabelled_per_operator() {
+        assert_eq!(upstream_data_coding(0, DefaultAlphabet::Gsm7), 0);
+        assert_eq!(upstream_data_coding(0, DefaultAlphabet::Latin1), 0xF1);
+        assert_eq!(upstream_data_coding(3, DefaultAlphabet::Latin1), 0);
+        assert_eq!(upstream_data_coding(3, DefaultAlphabet::Gsm7), 3);
+        assert_eq!(upstream_data_coding(8, DefaultAlphabet::Latin1), 8);
+        assert_eq!(upstream_data_coding(0x05, DefaultAlphabet::Latin1), 0x05);
+    }
+}
