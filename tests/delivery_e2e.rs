@@ -13,13 +13,15 @@
 //! received.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::{Command as Process, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, temp_dir};
 
 use serde_json::Value;
 use tern::config::Config;
@@ -38,31 +40,9 @@ const CONNECTOR: &str = "test-op";
 /// One node at a time: every test pins its executor to the same core.
 static ONE_NODE: Mutex<()> = Mutex::new(());
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tern-delivery-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A node's configuration: kept across restarts (same data, same ports).
 struct Setup {
-    dir: TempDir,
+    dir: tempfile::TempDir,
     smpp_port: u16,
     store_port: u16,
 }
@@ -70,7 +50,7 @@ struct Setup {
 impl Setup {
     fn new(name: &str) -> Setup {
         Setup {
-            dir: TempDir::new(name),
+            dir: temp_dir(name),
             smpp_port: free_port(),
             store_port: free_port(),
         }
@@ -82,7 +62,7 @@ impl Setup {
              [smpp]\nlisten = \"127.0.0.1:{smpp}\"\n\
              [store]\nlisten = \"127.0.0.1:{store}\"\n\
              [[account]]\nsystem_id = \"trial\"\npassword = \"trial\"\n",
-            data = self.dir.0.join("data").display(),
+            data = self.dir.path().join("data").display(),
             smpp = self.smpp_port,
             store = self.store_port,
         );

@@ -9,11 +9,14 @@
 //! after the restart.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, temp_dir};
 
 use serde_json::Value;
 
@@ -23,48 +26,26 @@ const ESME_RINVPASWD: u64 = 0x0E;
 const ESME_RTHROTTLED: &str = "88";
 const GENERIC_NACK: u32 = 0x8000_0000;
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tern-serve-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A config file with free ports; `extra_smpp` and `account_extra` are
 /// appended to the [smpp] section and the trial account.
 struct Setup {
-    dir: TempDir,
+    dir: tempfile::TempDir,
     config: PathBuf,
     smpp_port: u16,
 }
 
 impl Setup {
     fn new(name: &str, extra_smpp: &str, account_extra: &str) -> Setup {
-        let dir = TempDir::new(name);
+        let dir = temp_dir(name);
         let smpp_port = free_port();
         let store_port = free_port();
-        let config = dir.0.join("tern.toml");
+        let config = dir.path().join("tern.toml");
         let text = format!(
             "[node]\ndata_dir = \"{data}\"\n\
              [smpp]\nlisten = \"127.0.0.1:{smpp_port}\"\n{extra_smpp}\n\
              [store]\nlisten = \"127.0.0.1:{store_port}\"\n\
              [[account]]\nsystem_id = \"trial\"\npassword = \"trial\"\n{account_extra}\n",
-            data = dir.0.join("data").display()
+            data = dir.path().join("data").display()
         );
         std::fs::write(&config, text).expect("write config");
         Setup {
@@ -75,7 +56,7 @@ impl Setup {
     }
 
     fn start(&self) -> Server {
-        Server::start(&self.config, &self.dir.0, self.smpp_port)
+        Server::start(&self.config, self.dir.path(), self.smpp_port)
     }
 }
 
@@ -266,8 +247,8 @@ fn over_the_rate_limit_is_throttled() {
 
 #[test]
 fn bad_config_key_names_key_and_file() {
-    let dir = TempDir::new("badconfig");
-    let config = dir.0.join("broken.toml");
+    let dir = temp_dir("badconfig");
+    let config = dir.path().join("broken.toml");
     std::fs::write(&config, "[smpp]\nlisten_adress = \"127.0.0.1:1\"\n").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["serve", "--config"])
@@ -385,7 +366,7 @@ fn hostile_input_drops_only_that_connection() {
 #[test]
 fn sigkill_mid_load_loses_no_acknowledged_message() {
     let setup = Setup::new("crash", "", "");
-    let acked_file = setup.dir.0.join("acked.txt");
+    let acked_file = setup.dir.path().join("acked.txt");
     let mut server = setup.start();
     let load = Command::new("python3")
         .arg(CLIENT)

@@ -5,37 +5,22 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, temp_dir};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 const SECRET_HEX: &str = "746573742d636c75737465722d7365637265742d30313233343536373839";
 const PAYLOAD_BYTES: usize = 200;
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tern-cluster-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 #[derive(Clone)]
@@ -201,7 +186,7 @@ impl Drop for Node {
 }
 
 fn cluster_specs(dir: &Path, ids: &[u64], voters: &[u64], extra: &[&str]) -> Vec<NodeSpec> {
-    let addrs: Vec<(u64, SocketAddr)> = ids.iter().map(|id| (*id, free_port())).collect();
+    let addrs: Vec<(u64, SocketAddr)> = ids.iter().map(|id| (*id, free_addr())).collect();
     addrs
         .iter()
         .map(|(id, addr)| NodeSpec {
@@ -322,11 +307,11 @@ fn wait_for_agreement(nodes: &mut [&mut Node], timeout: Duration) -> (u64, u64, 
 
 #[test]
 fn leader_killed_under_load_then_old_leader_rejoins_and_agrees() {
-    let dir = TempDir::new("failover");
+    let dir = temp_dir("failover");
     // Frequent state snapshots and a short log tail, so the restarted node
     // catches up through a snapshot when it fell far behind.
     let specs = cluster_specs(
-        &dir.0,
+        dir.path(),
         &[1, 2, 3],
         &[1, 2, 3],
         &[
@@ -405,8 +390,8 @@ fn leader_killed_under_load_then_old_leader_rejoins_and_agrees() {
 
 #[test]
 fn single_node_sigkilled_mid_batches_keeps_everything_acknowledged() {
-    let dir = TempDir::new("crash");
-    let specs = cluster_specs(&dir.0, &[1], &[1], &[]);
+    let dir = temp_dir("crash");
+    let specs = cluster_specs(dir.path(), &[1], &[1], &[]);
     let mut node = Node::start(&specs[0]);
     wait_until_self_leader(&mut node);
     propose_account(&mut node);
@@ -440,8 +425,8 @@ fn single_node_sigkilled_mid_batches_keeps_everything_acknowledged() {
 
 #[test]
 fn membership_grows_one_to_three_then_removes_and_replaces_a_wiped_voter() {
-    let dir = TempDir::new("grow");
-    let mut specs = cluster_specs(&dir.0, &[1, 2, 3], &[], &[]);
+    let dir = temp_dir("grow");
+    let mut specs = cluster_specs(dir.path(), &[1, 2, 3], &[], &[]);
     specs[0].voters = vec![1];
     let mut first = Node::start(&specs[0]);
     wait_until_self_leader(&mut first);

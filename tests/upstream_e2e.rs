@@ -10,22 +10,18 @@
 //! the traffic; weights share it; an ended validity expires a message; and
 //! messages accepted before a SIGKILL are submitted after the restart.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::free_port;
+
 use serde_json::Value;
 
 const TERN: &str = env!("CARGO_BIN_EXE_tern");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child, log: Option<&Path>) {
     let deadline = Instant::now() + Duration::from_secs(60);
