@@ -243,6 +243,15 @@ pub enum Command {
         before_ms: u64,
         account: Option<String>,
     },
+    /// Hot window: drop from the replicated state at most `max` records that
+    /// are over, oldest first: finished messages that finished before
+    /// `finished_before_ms` and owe no DLR, then delivered MOs received before
+    /// it. Never an unfinished message or an undelivered DLR/MO. Applying it
+    /// twice is harmless (the second finds fewer).
+    Evict {
+        finished_before_ms: u64,
+        max: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

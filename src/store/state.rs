@@ -248,6 +248,12 @@ struct Indexes {
     /// Unfinished messages with a validity, by the time they expire.
     open_by_validity: BTreeSet<(u64, MessageId)>,
     mos_by_received: BTreeSet<(u64, MessageId)>,
+    /// Messages the hot window may drop (final, finished, no DLR owed), by
+    /// the time they finished: `Evict` takes from the front without scanning
+    /// records that must stay.
+    evictable: BTreeSet<(u64, MessageId)>,
+    /// Delivered MOs, by the time they were received.
+    evictable_mos: BTreeSet<(u64, MessageId)>,
 }
 
 impl Indexes {
@@ -273,9 +279,15 @@ impl Indexes {
             {
                 ix.open_by_validity.insert((until_ms, *id));
             }
+            if let Some(key) = evictable_key(message, core.pending.contains_key(id)) {
+                ix.evictable.insert(key);
+            }
         }
         for (id, mo) in &core.mos {
             ix.mos_by_received.insert((mo.mo.received_at_ms, *id));
+            if mo.delivered {
+                ix.evictable_mos.insert((mo.mo.received_at_ms, *id));
+            }
         }
         for (id, pending) in &core.pending {
             ix.add_pending(*id, pending);
@@ -362,6 +374,32 @@ pub enum Effect {
 /// consumer is told to rescan (`owned_unsubmitted`, `deliveries_for_node`).
 pub const MAX_BUFFERED_EFFECTS: usize = 1 << 20;
 
+/// Where a message is in the hot window's eyes: the key it is evictable
+/// under, if it is (final with a finish time, and no DLR still owed).
+fn evictable_key(message: &Message, delivery_owed: bool) -> Option<(u64, MessageId)> {
+    match (message.state.is_final(), message.done_at_ms, delivery_owed) {
+        (true, Some(done_at_ms), false) => Some((done_at_ms, message.id())),
+        _ => None,
+    }
+}
+
+/// Messages kept for the archive until drained; beyond this the newest are
+/// not kept (counted in `RetentionStats::archive_dropped`): the archive is a
+/// lookup convenience, the replicated state decides nothing from it.
+pub const MAX_BUFFERED_REMOVED: usize = 1 << 16;
+
+/// Node-local counts of what left the hot state on this replica since start
+/// (not replicated: not in snapshots, reset by a restart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    /// Finished messages dropped by `Evict`.
+    pub evicted_messages: u64,
+    /// Delivered MOs dropped by `Evict`.
+    pub evicted_mos: u64,
+    /// Removed messages not handed to the archive (buffer full).
+    pub archive_dropped: u64,
+}
+
 /// The deterministic state machine of the appliance.
 #[derive(Debug, Default)]
 pub struct AppState {
@@ -370,6 +408,10 @@ pub struct AppState {
     /// Not part of the replicated state: never read by apply, not in snapshots.
     effects: Vec<Effect>,
     effects_lost: bool,
+    /// Messages that `Evict` or `Purge` removed, for the node's archive;
+    /// `None` (the default) keeps nothing. Node-local like `effects`.
+    removed: Option<Vec<Message>>,
+    retention: RetentionStats,
 }
 
 fn snapshot_codec() -> impl Options {
@@ -456,6 +498,28 @@ impl AppState {
             .range(..(before_ms, min_id()))
             .filter_map(|(_, id)| self.core.messages.get(id))
             .filter(|m| m.state.is_final())
+    }
+
+    /// Messages `Evict { finished_before_ms, .. }` would drop, oldest
+    /// finished first (never one unfinished or owing a DLR).
+    pub fn evictable_before(&self, finished_before_ms: u64) -> impl Iterator<Item = &Message> + '_ {
+        self.ix
+            .evictable
+            .range(..(finished_before_ms, min_id()))
+            .filter_map(|(_, id)| self.core.messages.get(id))
+    }
+
+    /// Whether `Evict { finished_before_ms, .. }` would drop anything.
+    pub fn has_evictable(&self, finished_before_ms: u64) -> bool {
+        self.ix
+            .evictable
+            .first()
+            .is_some_and(|(done_ms, _)| *done_ms < finished_before_ms)
+            || self
+                .ix
+                .evictable_mos
+                .first()
+                .is_some_and(|(received_ms, _)| *received_ms < finished_before_ms)
     }
 
     /// Unfinished messages whose validity ends at or before `now_ms`, soonest
@@ -567,6 +631,62 @@ impl AppState {
         self.core.messages.len()
     }
 
+    pub fn mo_count(&self) -> usize {
+        self.core.mos.len()
+    }
+
+    /// DLRs and MOs still owed to customers.
+    pub fn pending_count(&self) -> usize {
+        self.core.pending.len()
+    }
+
+    pub fn retention_stats(&self) -> RetentionStats {
+        self.retention
+    }
+
+    /// From now on, messages that `Evict` or `Purge` remove are kept for
+    /// `drain_removed` (a node with an archive turns this on; replicas
+    /// without one keep nothing).
+    pub fn keep_removed(&mut self) {
+        if self.removed.is_none() {
+            self.removed = Some(Vec::new());
+        }
+    }
+
+    /// Moves the messages removed since the last call into `out` (appending).
+    pub fn drain_removed(&mut self, out: &mut Vec<Message>) {
+        if let Some(removed) = &mut self.removed {
+            out.append(removed);
+        }
+    }
+
+    fn hand_to_archive(&mut self, message: Message) {
+        if let Some(removed) = &mut self.removed {
+            if removed.len() < MAX_BUFFERED_REMOVED {
+                removed.push(message);
+            } else {
+                self.retention.archive_dropped += 1;
+            }
+        }
+    }
+
+    /// Puts `id` in or out of the evictable index to match its record.
+    fn refresh_evictable(&mut self, id: MessageId) {
+        let Some(message) = self.core.messages.get(&id) else {
+            return;
+        };
+        match evictable_key(message, self.core.pending.contains_key(&id)) {
+            Some(key) => {
+                self.ix.evictable.insert(key);
+            }
+            None => {
+                if let Some(done_at_ms) = message.done_at_ms {
+                    self.ix.evictable.remove(&(done_at_ms, id));
+                }
+            }
+        }
+    }
+
     pub fn orphan_count(&self) -> usize {
         self.ix.orphan_order.len()
     }
@@ -661,6 +781,10 @@ impl AppState {
             }
             Command::RemoveNumberRange { name } => removed(self.core.number_ranges.remove(&name)),
             Command::Purge { before_ms, account } => self.apply_purge(before_ms, account),
+            Command::Evict {
+                finished_before_ms,
+                max,
+            } => self.apply_evict(finished_before_ms, max),
         }
     }
 
@@ -817,6 +941,7 @@ impl AppState {
             message.retry_at_ms = None;
             remove_from(&mut self.ix.owned_unsubmitted, &message.owner, &id);
             self.queue_dlr_if_wanted(id);
+            self.refresh_evictable(id);
         } else {
             message.retry_at_ms = retry_at_ms;
             let node = message.owner;
@@ -898,6 +1023,7 @@ impl AppState {
             forget_validity(&mut self.ix, message);
             message.done_at_ms = Some(receipt.done_at_ms);
             self.queue_dlr_if_wanted(id);
+            self.refresh_evictable(id);
         }
         ApplyOutcome::Applied
     }
@@ -953,10 +1079,14 @@ impl AppState {
         match self.core.pending.get(&id) {
             Some(p) if p.kind == kind => {
                 self.remove_pending(id);
-                if kind == DeliveryKind::Mo {
-                    if let Some(mo) = self.core.mos.get_mut(&id) {
-                        mo.delivered = true;
+                match kind {
+                    DeliveryKind::Mo => {
+                        if let Some(mo) = self.core.mos.get_mut(&id) {
+                            mo.delivered = true;
+                            self.ix.evictable_mos.insert((mo.mo.received_at_ms, id));
+                        }
                     }
+                    DeliveryKind::Dlr => self.refresh_evictable(id),
                 }
                 ApplyOutcome::Applied
             }
@@ -1015,6 +1145,7 @@ impl AppState {
         message.done_at_ms = Some(at_ms);
         message.retry_at_ms = None;
         self.queue_dlr_if_wanted(id);
+        self.refresh_evictable(id);
         ApplyOutcome::Applied
     }
 
@@ -1222,16 +1353,10 @@ impl AppState {
             })
             .collect();
         for id in doomed {
-            let Some(message) = self.core.messages.remove(&id) else {
+            let Some(had_delivery) = self.remove_message(id) else {
                 continue;
             };
-            self.ix
-                .messages_by_received
-                .remove(&(message.accept.received_at_ms, id));
-            for upstream in &message.upstreams {
-                remove_upstream_index(&mut self.ix.by_upstream, upstream, id);
-            }
-            if self.remove_pending(id).is_some() {
+            if had_delivery {
                 self.core.counters.purged_deliveries += 1;
             }
             self.core.counters.purged_messages += 1;
@@ -1251,6 +1376,7 @@ impl AppState {
         for id in doomed_mos {
             if let Some(mo) = self.core.mos.remove(&id) {
                 self.ix.mos_by_received.remove(&(mo.mo.received_at_ms, id));
+                self.ix.evictable_mos.remove(&(mo.mo.received_at_ms, id));
                 if self.remove_pending(id).is_some() {
                     self.core.counters.purged_deliveries += 1;
                 }
@@ -1275,6 +1401,74 @@ impl AppState {
                 self.remove_orphan_entry(&key.1, &key.2);
                 self.ix.orphan_order.remove(&key);
             }
+        }
+        ApplyOutcome::Applied
+    }
+
+    /// Removes a finished message and every index entry naming it, and hands
+    /// the record to the archive. Returns whether a delivery was still owed
+    /// for it (dropped with it), or `None` if there was no such message.
+    fn remove_message(&mut self, id: MessageId) -> Option<bool> {
+        let message = self.core.messages.remove(&id)?;
+        debug_assert!(
+            message.state.is_final(),
+            "only finished messages leave the state ({id} is {:?})",
+            message.state
+        );
+        self.ix
+            .messages_by_received
+            .remove(&(message.accept.received_at_ms, id));
+        if let Some(done_at_ms) = message.done_at_ms {
+            self.ix.evictable.remove(&(done_at_ms, id));
+        }
+        for upstream in &message.upstreams {
+            remove_upstream_index(&mut self.ix.by_upstream, upstream, id);
+        }
+        let had_delivery = self.remove_pending(id).is_some();
+        self.hand_to_archive(message);
+        Some(had_delivery)
+    }
+
+    /// The hot window: drops up to `max` records that are over, finished
+    /// before `finished_before_ms`. Only reads the two evictable indexes, so
+    /// its cost is bounded by `max`, whatever else the state holds.
+    fn apply_evict(&mut self, finished_before_ms: u64, max: u32) -> ApplyOutcome {
+        let budget = usize::try_from(max).unwrap_or(usize::MAX);
+        let cutoff = (finished_before_ms, min_id());
+        let doomed: Vec<MessageId> = self
+            .ix
+            .evictable
+            .range(..cutoff)
+            .take(budget)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in &doomed {
+            let had_delivery = self.remove_message(*id);
+            debug_assert_eq!(
+                had_delivery,
+                Some(false),
+                "the evictable index named {id}, which is missing or owes a DLR"
+            );
+            self.retention.evicted_messages += 1;
+        }
+        let doomed_mos: Vec<(u64, MessageId)> = self
+            .ix
+            .evictable_mos
+            .range(..cutoff)
+            .take(budget.saturating_sub(doomed.len()))
+            .copied()
+            .collect();
+        for key in doomed_mos {
+            self.ix.evictable_mos.remove(&key);
+            self.ix.mos_by_received.remove(&key);
+            let removed = self.core.mos.remove(&key.1);
+            debug_assert!(
+                removed.as_ref().is_some_and(|mo| mo.delivered)
+                    && !self.core.pending.contains_key(&key.1),
+                "the evictable MO index named {}, which is missing or undelivered",
+                key.1
+            );
+            self.retention.evicted_mos += 1;
         }
         ApplyOutcome::Applied
     }
@@ -2137,6 +2331,190 @@ mod tests {
     }
 
     #[test]
+    fn evict_drops_only_finished_records_owing_nothing() {
+        let mut state = with_account();
+        state.keep_removed();
+        run(
+            &mut state,
+            &[
+                bind(1, 1, BindKind::Receiver),
+                // 1: delivered, no DLR asked: evictable once finished.
+                accept(1, 1, 0),
+                submitted(1, "P1"),
+                receipt("P1", 2),
+                // 2: delivered, DLR asked and still owed: stays.
+                accept(2, 1, 1),
+                submitted(2, "P2"),
+                receipt("P2", 2),
+                // 3: submitted, no final receipt: stays.
+                accept(3, 1, 1),
+                submitted(3, "P3"),
+                receipt("P3", 1),
+                // 4: never submitted: stays.
+                accept(4, 1, 1),
+                // 5: delivered and its DLR delivered: evictable.
+                accept(5, 1, 1),
+                submitted(5, "P5"),
+                receipt("P5", 2),
+                Command::DlrDelivered { id: id(5) },
+            ],
+        );
+        let evictable: Vec<_> = state.evictable_before(u64::MAX).map(|m| m.id()).collect();
+        assert_eq!(evictable, vec![id(1), id(5)]);
+        // Receipts finished at 3 000: a cut-off at or before that drops nothing.
+        assert!(!state.has_evictable(3_000));
+        run(
+            &mut state,
+            &[Command::Evict {
+                finished_before_ms: 3_000,
+                max: 100,
+            }],
+        );
+        assert_eq!(state.message_count(), 5);
+        // One per command at most: the oldest (lowest id among equals) first.
+        run(
+            &mut state,
+            &[Command::Evict {
+                finished_before_ms: 3_001,
+                max: 1,
+            }],
+        );
+        assert!(state.message(&id(1)).is_none());
+        assert!(state.by_upstream("op1", "P1").is_none());
+        assert!(state.message(&id(5)).is_some());
+        run(
+            &mut state,
+            &[Command::Evict {
+                finished_before_ms: u64::MAX,
+                max: 100,
+            }],
+        );
+        for kept in [2, 3, 4] {
+            assert!(state.message(&id(kept)).is_some(), "message {kept} dropped");
+        }
+        assert!(state.message(&id(5)).is_none());
+        assert!(state.pending_delivery(&id(2)).is_some());
+        assert_eq!(state.retention_stats().evicted_messages, 2);
+        let mut removed = Vec::new();
+        state.drain_removed(&mut removed);
+        let removed: Vec<_> = removed.iter().map(|m| (m.id(), m.state)).collect();
+        assert_eq!(
+            removed,
+            vec![
+                (id(1), MessageState::Delivered),
+                (id(5), MessageState::Delivered)
+            ]
+        );
+        // Once its DLR goes out, message 2 leaves too; a late receipt for an
+        // evicted message is an orphan, never a resurrection.
+        run(
+            &mut state,
+            &[
+                Command::DlrDelivered { id: id(2) },
+                Command::Evict {
+                    finished_before_ms: u64::MAX,
+                    max: 100,
+                },
+                receipt("P1", 2),
+            ],
+        );
+        assert!(state.message(&id(2)).is_none());
+        assert!(state.message(&id(1)).is_none());
+        assert!(state.has_orphan("op1", "P1"));
+        assert!(!state.has_evictable(u64::MAX));
+    }
+
+    #[test]
+    fn evict_drops_delivered_mos_only() {
+        let mut state = with_account();
+        let mo = |counter: u64| {
+            Command::MoReceived(MoReceived {
+                id: MessageId::from_parts(2, 1, 0, counter).unwrap(),
+                connector: "op1".into(),
+                source: Address {
+                    ton: 1,
+                    npi: 1,
+                    digits: "4477".into(),
+                },
+                destination: Address {
+                    ton: 0,
+                    npi: 0,
+                    digits: "8822".into(),
+                },
+                data_coding: 0,
+                esm_class: 0,
+                payload: vec![],
+                segment: None,
+                received_at_ms: 100 + counter,
+            })
+        };
+        run(
+            &mut state,
+            &[
+                Command::UpsertNumberRange(NumberRange {
+                    name: "kw".into(),
+                    prefix: "88".into(),
+                    account: "acme".into(),
+                }),
+                mo(1),
+                mo(2),
+                Command::MoDelivered {
+                    id: MessageId::from_parts(2, 1, 0, 2).unwrap(),
+                },
+                Command::Evict {
+                    finished_before_ms: u64::MAX,
+                    max: 10,
+                },
+            ],
+        );
+        assert_eq!(state.mo_count(), 1);
+        assert!(state
+            .mo(&MessageId::from_parts(2, 1, 0, 1).unwrap())
+            .is_some());
+        assert_eq!(state.retention_stats().evicted_mos, 1);
+    }
+
+    #[test]
+    fn removed_messages_are_kept_only_on_request_and_bounded() {
+        let mut state = with_account();
+        run(
+            &mut state,
+            &[
+                accept(1, 1, 0),
+                submitted(1, "P1"),
+                receipt("P1", 2),
+                Command::Evict {
+                    finished_before_ms: u64::MAX,
+                    max: 10,
+                },
+            ],
+        );
+        let mut removed = Vec::new();
+        state.drain_removed(&mut removed);
+        assert!(removed.is_empty(), "nothing kept without keep_removed");
+        state.keep_removed();
+        let mut commands = Vec::new();
+        let total = MAX_BUFFERED_REMOVED as u64 + 3;
+        for counter in 2..2 + total {
+            commands.push(accept(counter, 1, 0));
+            commands.push(submitted(counter, &format!("P{counter}")));
+            commands.push(receipt(&format!("P{counter}"), 2));
+        }
+        commands.push(Command::Purge {
+            before_ms: u64::MAX,
+            account: None,
+        });
+        let encoded: Vec<Vec<u8>> = commands.iter().map(Command::encode).collect();
+        let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        state.apply(state.applied_index() + 1, &slices);
+        assert!(state.indexes_consistent());
+        assert_eq!(state.message_count(), 0);
+        assert_eq!(state.retention_stats().archive_dropped, 3);
+        state.drain_removed(&mut removed);
+        assert_eq!(removed.len(), MAX_BUFFERED_REMOVED);
+    }
+
+    #[test]
     fn orphans_are_bounded() {
         let mut state = AppState::new();
         let commands: Vec<Vec<u8>> = (0..MAX_ORPHAN_RECEIPTS + 5)
@@ -2190,6 +2568,7 @@ mod tests {
             1 => (node.clone(), 1u32..4).prop_map(|(node, incarnation)| Command::NodeUp { node, incarnation }),
             1 => node.prop_map(|node| Command::NodeDown { node }),
             1 => (900u64..1_020).prop_map(|before_ms| Command::Purge { before_ms, account: None }),
+            2 => (0u64..12_000, 0u32..6).prop_map(|(finished_before_ms, max)| Command::Evict { finished_before_ms, max }),
             1 => (any::<bool>(), 0u32..3).prop_map(|(webhook, max_binds)| {
                 let mut a = account("acme");
                 a.max_binds = max_binds;
@@ -2244,6 +2623,39 @@ mod tests {
             prop_assert_eq!(restored.snapshot(), first.snapshot());
             prop_assert!(restored.indexes_consistent());
             prop_assert!(Indexes::build(&restored.core) == first.ix);
+        }
+
+        #[test]
+        fn evict_never_drops_unfinished_or_owed_records(
+            commands in proptest::collection::vec(arb_command(), 1..120),
+        ) {
+            let mut state = with_account();
+            for command in &commands {
+                let must_stay: Vec<MessageId> = match command {
+                    Command::Evict { .. } => state
+                        .core
+                        .messages
+                        .values()
+                        .filter(|m| !m.state.is_final() || state.core.pending.contains_key(&m.id()))
+                        .map(Message::id)
+                        .chain(state.core.mos.iter().filter(|(_, m)| !m.delivered).map(|(id, _)| *id))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let owed: Vec<MessageId> = state.core.pending.keys().copied().collect();
+                run(&mut state, std::slice::from_ref(command));
+                for id in must_stay {
+                    prop_assert!(
+                        state.message(&id).is_some() || state.mo(&id).is_some(),
+                        "{:?} dropped {}", command, id
+                    );
+                }
+                if matches!(command, Command::Evict { .. }) {
+                    for id in owed {
+                        prop_assert!(state.pending_delivery(&id).is_some(), "{:?} dropped the delivery of {}", command, id);
+                    }
+                }
+            }
         }
     }
 }
