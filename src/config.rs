@@ -106,6 +106,14 @@ pub struct StoreSection {
     /// Shared secret authenticating peers (same on every node).
     pub secret: String,
     pub tick_ms: u64,
+    /// How long a finished message (its DLR delivered or not asked for)
+    /// stays in the replicated in-memory state before it moves to the archive.
+    pub hot_window_s: u64,
+    /// How long anything else finished stays at most: undelivered DLRs and
+    /// MOs are dropped (counted and logged) after this.
+    pub retention_s: u64,
+    /// How long each node keeps archived messages for lookups.
+    pub archive_retention_days: u64,
 }
 
 impl Default for StoreSection {
@@ -115,6 +123,9 @@ impl Default for StoreSection {
             peers: Vec::new(),
             secret: "tern-single-node".into(),
             tick_ms: 100,
+            hot_window_s: 60,
+            retention_s: 3 * 24 * 3600,
+            archive_retention_days: 7,
         }
     }
 }
@@ -444,6 +455,27 @@ impl Config {
         }
         if self.store.tick_ms == 0 {
             return Err(error("store.tick_ms", "must be at least 1".into()));
+        }
+        // Bounded so that the millisecond forms cannot overflow.
+        const MAX_WINDOW_S: u64 = 10 * 365 * 24 * 3600;
+        if self.store.hot_window_s == 0 || self.store.hot_window_s > MAX_WINDOW_S {
+            return Err(error(
+                "store.hot_window_s",
+                format!("must be 1..={MAX_WINDOW_S}"),
+            ));
+        }
+        if self.store.retention_s < self.store.hot_window_s || self.store.retention_s > MAX_WINDOW_S
+        {
+            return Err(error(
+                "store.retention_s",
+                format!("must be at least store.hot_window_s and at most {MAX_WINDOW_S}"),
+            ));
+        }
+        if self.store.archive_retention_days == 0 || self.store.archive_retention_days > 3650 {
+            return Err(error(
+                "store.archive_retention_days",
+                "must be 1..=3650".into(),
+            ));
         }
         if self.smpp.max_command_length < 16 {
             return Err(error(

@@ -14,10 +14,12 @@
 //! Trees are one sled keyspace with a one-byte prefix per logical tree, so a
 //! `KvBatch` spanning trees is a single atomic `sled::Batch`.
 
+use crate::store::command::{Address, SegmentInfo};
 use crate::store::id::MessageId;
-use crate::store::state::Message;
+use crate::store::state::{Message, MessageState};
 use crate::store::StoreError;
 use bincode::Options;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -31,8 +33,11 @@ pub enum Tree {
     Messages,
     Upstream,
     Pending,
-    /// Finished messages removed from the hot state by retention.
+    /// Finished messages removed from the hot state by retention, by id.
     Archive,
+    /// The same messages by (archived at ms, id), both big endian: what
+    /// pruning walks, oldest first.
+    ArchiveByAge,
 }
 
 impl Tree {
@@ -43,6 +48,7 @@ impl Tree {
             Tree::Upstream => b'U',
             Tree::Pending => b'P',
             Tree::Archive => b'A',
+            Tree::ArchiveByAge => b'a',
         }
     }
 
@@ -259,8 +265,72 @@ fn record_codec() -> impl Options {
 /// Version byte in front of every archived record.
 const ARCHIVE_VERSION: u8 = 1;
 
-/// Finished messages kept after retention removed them from the hot state
-/// (node-local: each node archives what it applied; not replicated state).
+/// The final record of a message as the archive keeps it: what a customer
+/// or an operator asks about later (no payload: the archive answers "what
+/// happened", it does not keep message content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedMessage {
+    pub id: MessageId,
+    pub account: String,
+    pub source: Address,
+    pub destination: Address,
+    pub state: MessageState,
+    pub received_at_ms: u64,
+    pub done_at_ms: Option<u64>,
+    /// The last submission to an operator, if any.
+    pub connector: Option<String>,
+    pub upstream_id: Option<String>,
+    pub submitted_at_ms: Option<u64>,
+    pub attempts: u32,
+    /// The last upstream command_status of a failed submission.
+    pub last_status: u32,
+    /// The operator's error code from the final receipt.
+    pub receipt_err: u16,
+    pub registered_delivery: u8,
+    pub data_coding: u8,
+    pub esm_class: u8,
+    pub segment: Option<SegmentInfo>,
+    pub validity_until_ms: Option<u64>,
+}
+
+impl ArchivedMessage {
+    pub fn from_message(message: &Message) -> ArchivedMessage {
+        let accept = &message.accept;
+        let last = message.upstreams.last();
+        ArchivedMessage {
+            id: accept.id,
+            account: accept.account.clone(),
+            source: accept.source.clone(),
+            destination: accept.destination.clone(),
+            state: message.state,
+            received_at_ms: accept.received_at_ms,
+            done_at_ms: message.done_at_ms,
+            connector: last.map(|u| u.connector.clone()),
+            upstream_id: last.map(|u| u.upstream_id.clone()),
+            submitted_at_ms: last.map(|u| u.submitted_at_ms),
+            attempts: message.attempts,
+            last_status: message.last_status,
+            receipt_err: message.receipt_err,
+            registered_delivery: accept.registered_delivery,
+            data_coding: accept.data_coding,
+            esm_class: accept.esm_class,
+            segment: accept.segment,
+            validity_until_ms: accept.validity_until_ms,
+        }
+    }
+}
+
+fn age_key(archived_at_ms: u64, id: MessageId) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&archived_at_ms.to_be_bytes());
+    key[8..].copy_from_slice(&id.as_u128().to_be_bytes());
+    key
+}
+
+/// Finished messages kept after the hot window removed them from the
+/// replicated state. Node-local: each node archives what it applied; not
+/// replicated, not synced on every write (a crash may lose the last writes:
+/// the archive serves lookups, it is no part of the no-loss guarantee).
 pub struct MessageArchive<K: KvStore> {
     kv: K,
 }
@@ -270,40 +340,88 @@ impl<K: KvStore> MessageArchive<K> {
         MessageArchive { kv }
     }
 
-    /// Archives the messages in one atomic batch and makes it durable.
-    pub fn archive<'a>(
+    /// Archives the records in one atomic batch, stamped `archived_at_ms`
+    /// (the node's clock; pruning goes by it). A record archived again (a
+    /// replica replaying its log) replaces the old one.
+    pub fn archive(
         &self,
-        messages: impl IntoIterator<Item = &'a Message>,
+        records: &[ArchivedMessage],
+        archived_at_ms: u64,
     ) -> Result<usize, StoreError> {
         let mut batch = KvBatch::new();
-        for message in messages {
-            let mut value = vec![ARCHIVE_VERSION];
+        for record in records {
+            // Version, archived-at stamp, then the record.
+            let mut value = Vec::with_capacity(96);
+            value.push(ARCHIVE_VERSION);
+            value.extend_from_slice(&archived_at_ms.to_be_bytes());
             record_codec()
-                .serialize_into(&mut value, message)
+                .serialize_into(&mut value, record)
                 .map_err(|e| StoreError::Corrupt(format!("archive encode: {e}")))?;
-            batch.put(Tree::Archive, &message.id().as_u128().to_be_bytes(), value);
+            let id_key = record.id.as_u128().to_be_bytes();
+            if let Some(previous) = self.kv.get(Tree::Archive, &id_key)? {
+                if let Some(stamp) = previous.get(1..9) {
+                    // The old age entry would otherwise prune the new record.
+                    let mut old_key = stamp.to_vec();
+                    old_key.extend_from_slice(&id_key);
+                    batch.delete(Tree::ArchiveByAge, &old_key);
+                }
+            }
+            batch.put(Tree::Archive, &id_key, value);
+            batch.put(
+                Tree::ArchiveByAge,
+                &age_key(archived_at_ms, record.id),
+                Vec::new(),
+            );
         }
-        let count = batch.len();
+        let count = records.len();
         if count > 0 {
             self.kv.write(batch)?;
-            self.kv.sync()?;
         }
         Ok(count)
     }
 
-    pub fn get(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
+    /// The archived record of `id`, if this node still holds one.
+    pub fn get(&self, id: MessageId) -> Result<Option<ArchivedMessage>, StoreError> {
         let Some(bytes) = self.kv.get(Tree::Archive, &id.as_u128().to_be_bytes())? else {
             return Ok(None);
         };
-        match bytes.split_first() {
-            Some((&ARCHIVE_VERSION, body)) => record_codec()
+        // Version, archived-at stamp (8 bytes), then the record.
+        match (bytes.first(), bytes.get(9..)) {
+            (Some(&ARCHIVE_VERSION), Some(body)) => record_codec()
                 .deserialize(body)
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("archived message {id}: {e}"))),
             _ => Err(StoreError::Corrupt(format!(
-                "archived message {id}: unknown version"
+                "archived message {id}: unknown version or truncated"
             ))),
         }
+    }
+
+    /// Deletes at most `max` records archived before `before_ms`, oldest
+    /// first; returns how many went (fewer than `max` means none are left).
+    pub fn prune(&self, before_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let oldest = self.kv.scan(Tree::ArchiveByAge, &[], max)?;
+        let mut batch = KvBatch::new();
+        let mut pruned = 0;
+        for (key, _) in oldest {
+            let (Some(stamp), Some(id_key)) = (key.get(..8), key.get(8..)) else {
+                // Not a key this archive wrote; drop it rather than stall on it.
+                batch.delete(Tree::ArchiveByAge, &key);
+                continue;
+            };
+            let mut stamp_bytes = [0u8; 8];
+            stamp_bytes.copy_from_slice(stamp);
+            if u64::from_be_bytes(stamp_bytes) >= before_ms {
+                break;
+            }
+            batch.delete(Tree::Archive, id_key);
+            batch.delete(Tree::ArchiveByAge, &key);
+            pruned += 1;
+        }
+        if !batch.is_empty() {
+            self.kv.write(batch)?;
+        }
+        Ok(pruned)
     }
 
     pub fn store(&self) -> &K {
@@ -367,28 +485,79 @@ mod tests {
         assert_eq!(kv.get(Tree::Pending, b"a").unwrap(), Some(b"x".to_vec()));
     }
 
-    #[test]
-    fn archive_round_trip() {
-        let archive = MessageArchive::new(MemStore::new());
-        let message = Message {
-            accept: sample_accept(),
+    fn finished(counter: u64) -> Message {
+        let mut accept = sample_accept();
+        accept.id = MessageId::from_parts(1, 1, 0, counter).unwrap();
+        Message {
+            accept,
             owner: 2,
             state: MessageState::Delivered,
             attempts: 1,
             last_status: 0,
             retry_at_ms: None,
-            upstreams: vec![],
+            upstreams: vec![crate::store::state::Upstream {
+                connector: "op1".into(),
+                upstream_id: format!("U{counter}"),
+                submitted_at_ms: 4,
+            }],
             done_at_ms: Some(5),
-            receipt_err: 0,
+            receipt_err: 3,
             receipt_raw: None,
-        };
-        assert_eq!(archive.archive([&message]).unwrap(), 1);
-        assert_eq!(archive.get(message.id()).unwrap(), Some(message.clone()));
+        }
+    }
+
+    #[test]
+    fn archive_round_trip() {
+        let archive = MessageArchive::new(MemStore::new());
+        let record = ArchivedMessage::from_message(&finished(1));
+        assert_eq!(record.connector.as_deref(), Some("op1"));
+        assert_eq!(record.upstream_id.as_deref(), Some("U1"));
+        assert_eq!((record.done_at_ms, record.receipt_err), (Some(5), 3));
+        assert_eq!(
+            archive.archive(std::slice::from_ref(&record), 100).unwrap(),
+            1
+        );
+        assert_eq!(archive.get(record.id).unwrap(), Some(record.clone()));
         let other = MessageId::from_parts(9, 9, 9, 9).unwrap();
         assert_eq!(archive.get(other).unwrap(), None);
-        let mut batch = KvBatch::new();
-        batch.put(Tree::Archive, &other.as_u128().to_be_bytes(), vec![9, 9]);
-        archive.store().write(batch).unwrap();
-        assert!(archive.get(other).is_err());
+        for garbage in [vec![9, 9], vec![ARCHIVE_VERSION, 0, 0], vec![]] {
+            let mut batch = KvBatch::new();
+            batch.put(Tree::Archive, &other.as_u128().to_be_bytes(), garbage);
+            archive.store().write(batch).unwrap();
+            assert!(archive.get(other).is_err());
+        }
+    }
+
+    #[test]
+    fn prune_goes_oldest_first_in_bounded_batches() {
+        let archive = MessageArchive::new(MemStore::new());
+        let records: Vec<ArchivedMessage> = (1..=5)
+            .map(|n| ArchivedMessage::from_message(&finished(n)))
+            .collect();
+        for (at_ms, record) in (10u64..).zip(&records) {
+            archive
+                .archive(std::slice::from_ref(record), at_ms)
+                .unwrap();
+        }
+        // Archived again later (a replayed log): pruning goes by the new stamp.
+        archive.archive(&records[..1], 100).unwrap();
+        assert_eq!(archive.prune(13, 1).unwrap(), 1);
+        assert!(archive.get(records[1].id).unwrap().is_none());
+        assert_eq!(archive.prune(13, 10).unwrap(), 1);
+        assert!(archive.get(records[2].id).unwrap().is_none());
+        assert_eq!(archive.prune(13, 10).unwrap(), 0);
+        assert!(archive.get(records[0].id).unwrap().is_some());
+        assert!(archive.get(records[3].id).unwrap().is_some());
+        assert_eq!(archive.prune(u64::MAX, 10).unwrap(), 3);
+        assert!(archive
+            .store()
+            .scan(Tree::Archive, &[], 10)
+            .unwrap()
+            .is_empty());
+        assert!(archive
+            .store()
+            .scan(Tree::ArchiveByAge, &[], 10)
+            .unwrap()
+            .is_empty());
     }
 }
