@@ -29,6 +29,7 @@ use crate::config::{AccountConfig, Resolved};
 use crate::runtime;
 use crate::store::command::{Account, Command};
 use crate::store::driver::{ProposeError, Store, StoreConfig, StoreHandle};
+use crate::store::retention::RetentionConfig;
 use crate::store::state::ApplyOutcome;
 
 /// How long start-up waits for the store to elect a leader and commit.
@@ -168,6 +169,11 @@ fn start_store(resolved: &Resolved) -> Result<Store, EngineError> {
         .chain(resolved.peers.iter().map(|(id, _)| *id))
         .collect();
     store_config.tick_interval_ms = config.store.tick_ms;
+    store_config.retention = Some(RetentionConfig::new(
+        config.store.hot_window_s,
+        config.store.retention_s,
+        config.store.archive_retention_days,
+    ));
     std::fs::create_dir_all(&store_config.data_dir)
         .map_err(|e| EngineError::Store(format!("{}: {e}", store_config.data_dir.display())))?;
     Store::start(store_config).map_err(|e| EngineError::Store(e.to_string()))

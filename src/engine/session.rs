@@ -49,7 +49,8 @@ use crate::smpp::time::{AbsoluteTime, SmppTime, TimeField};
 use crate::store::command::{Accept, Address, BindKind, Command, SegmentInfo};
 use crate::store::driver::ProposeError;
 use crate::store::id::{MessageId, MESSAGE_ID_TEXT_LEN};
-use crate::store::state::{ApplyOutcome, RejectReason};
+use crate::store::retention::ArchiveLookupError;
+use crate::store::state::{ApplyOutcome, MessageState, RejectReason};
 
 type S = CommandStatus;
 
@@ -749,13 +750,25 @@ impl Connection {
             return;
         };
         let account = bound.account.clone();
-        let found = self
+        let hot_account = account.clone();
+        // Outer `None`: not in the hot state (maybe archived); inner `None`:
+        // another account's message, answered like an unknown id.
+        let hot = self
             .store_call(self.shard.store().query(move |state| {
-                state.message(&id).and_then(|m| {
-                    (m.accept.account == account).then_some((m.state, m.done_at_ms, m.receipt_err))
+                state.message(&id).map(|m| {
+                    (m.accept.account == hot_account).then_some((
+                        m.state,
+                        m.done_at_ms,
+                        m.receipt_err,
+                    ))
                 })
             }))
             .await;
+        let found = match hot {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => self.archived_state(id, &account).await,
+            Err(status) => Err(status),
+        };
         match found {
             Ok(Some((state, done_at_ms, err))) => {
                 let final_date = done_at_ms
@@ -773,6 +786,31 @@ impl Connection {
             }
             Ok(None) => self.respond_error(CommandId::QuerySm, sequence_number, S::ESME_RQUERYFAIL),
             Err(status) => self.respond_error(CommandId::QuerySm, sequence_number, status),
+        }
+    }
+
+    /// query_sm for a message that left the hot state: its final record from
+    /// this node's archive (another node's archive may hold it when this one
+    /// applied the log later than it was archived: then it is unknown here).
+    async fn archived_state(
+        &self,
+        id: MessageId,
+        account: &str,
+    ) -> Result<Option<(MessageState, Option<u64>, u16)>, CommandStatus> {
+        let lookup = self.shard.store().archived(id);
+        match glommio::timer::timeout(STORE_CALL_TIMEOUT, async { Ok(lookup.await) }).await {
+            Ok(Ok(record)) => Ok(record
+                .filter(|r| r.account == account)
+                .map(|r| (r.state, r.done_at_ms, r.receipt_err))),
+            Ok(Err(ArchiveLookupError::Unavailable)) => Ok(None),
+            Ok(Err(e)) => {
+                tracing::warn!(session = self.session_id, "archive lookup failed: {e}");
+                Err(S::ESME_RSYSERR)
+            }
+            Err(_) => {
+                tracing::warn!(session = self.session_id, "archive lookup timed out");
+                Err(S::ESME_RSYSERR)
+            }
         }
     }
 

@@ -39,8 +39,12 @@ use raft::eraftpb::{ConfState, Entry, HardState, MessageType, SnapshotMetadata};
 use super::command::{Accept, Account, Address, Command};
 use super::id::MessageId;
 use super::node::{CoreConfig, LogStart, ProposalResult, RaftCore, RetryReason};
+use super::retention::{
+    start_archive, unix_now_ms, ArchiveFeed, ArchiveHandle, ArchiveLookup, ArchiveLookupError,
+    ArchiveWorker, RetentionConfig, RetentionSchedule,
+};
 use super::snapshot::{FsSnapshotDisk, PersistentState};
-use super::state::{AppState, ApplyOutcome, Effect};
+use super::state::{AppState, ApplyOutcome, Effect, Message};
 use super::transport::{Transport, TransportConfig};
 use super::wal::{FsDisk, LogOptions, RaftLog};
 use super::{StateMachine, StoreError};
@@ -77,6 +81,9 @@ pub struct StoreConfig {
     /// batches keep the allocator reusing warm memory; a sync still covers
     /// every batch sealed while the previous one ran.
     pub max_batch_bytes: usize,
+    /// Hot window, long retention and the node's archive (in `archive/`
+    /// under `data_dir`); `None` keeps every record in the state forever.
+    pub retention: Option<RetentionConfig>,
 }
 
 impl StoreConfig {
@@ -98,6 +105,7 @@ impl StoreConfig {
             compact_keep_entries: 1000,
             compact_min_entries: 256,
             max_batch_bytes: 64 * 1024,
+            retention: None,
         }
     }
 }
@@ -260,6 +268,7 @@ pub struct StoreHandle {
     metrics: Arc<SharedMetrics>,
     dispatch: EffectQueue,
     delivery: EffectQueue,
+    archive: Option<ArchiveHandle>,
 }
 
 /// One kind of work applied commands hand to THIS node, in apply order.
@@ -438,6 +447,27 @@ impl StoreHandle {
     pub fn delivery_effects(&self) -> &EffectQueue {
         &self.delivery
     }
+
+    /// A message that left the hot state (see `retention`), from this node's
+    /// archive: `Ok(None)` when the archive holds no such id. Look in the
+    /// state first (`query` + `AppState::message`): a message still hot is
+    /// not archived.
+    pub fn archived(&self, id: MessageId) -> impl Future<Output = ArchiveLookup> + Send + 'static {
+        let lookup = self
+            .archive
+            .as_ref()
+            .map(|archive| archive.lookup(id))
+            .ok_or(ArchiveLookupError::Unavailable);
+        async move { lookup?.await }
+    }
+
+    /// Blocking form of [`StoreHandle::archived`] for plain threads.
+    pub fn archived_blocking(&self, id: MessageId) -> ArchiveLookup {
+        self.archive
+            .as_ref()
+            .ok_or(ArchiveLookupError::Unavailable)?
+            .lookup_blocking(id)
+    }
 }
 
 /// Effects buffered towards this node's consumers.
@@ -453,9 +483,18 @@ struct NodeState {
     delivery: EffectSender,
     /// Reused buffer for draining.
     drained: Vec<Effect>,
+    archive: Option<ArchiveFeed>,
 }
 
 impl NodeState {
+    fn forward_removed(&mut self) {
+        if let Some(feed) = &mut self.archive {
+            let mut removed: Vec<Message> = Vec::new();
+            self.state.drain_removed(&mut removed);
+            feed.send(removed);
+        }
+    }
+
     fn forward_effects(&mut self) {
         if !self.state.drain_effects(&mut self.drained) {
             self.dispatch.mark_lost();
@@ -477,6 +516,7 @@ impl StateMachine for NodeState {
     fn apply(&mut self, index: u64, commands: &[&[u8]]) -> Vec<ApplyOutcome> {
         let outputs = self.state.apply(index, commands);
         self.forward_effects();
+        self.forward_removed();
         outputs
     }
 
@@ -499,6 +539,7 @@ impl StateMachine for NodeState {
 pub struct Store {
     handle: StoreHandle,
     thread: Option<JoinHandle<Result<(), StoreError>>>,
+    archive_worker: Option<ArchiveWorker>,
 }
 
 impl Store {
@@ -512,11 +553,30 @@ impl Store {
         let (dispatch_tx, dispatch) = EffectSender::queue(EFFECT_QUEUE_CAPACITY);
         let (delivery_tx, delivery) = EffectSender::queue(EFFECT_QUEUE_CAPACITY);
         let effects = (dispatch_tx, delivery_tx);
+        let (archive_feed, archive, archive_worker) = match &config.retention {
+            Some(retention) => {
+                let (feed, handle, worker) = start_archive(
+                    &config.data_dir.join("archive"),
+                    retention.archive_retention_ms,
+                    config.node_id,
+                )?;
+                (Some(feed), Some(handle), Some(worker))
+            }
+            None => (None, None, None),
+        };
+        let stats_archive = archive.clone();
         let (started_tx, started_rx) = crossbeam_channel::bounded(1);
         let thread = thread::Builder::new()
             .name(format!("tern-store-{}", config.node_id))
             .spawn(move || {
-                let mut driver = match Driver::recover(config, input_rx, thread_metrics, effects) {
+                let recovered = Driver::recover(
+                    config,
+                    input_rx,
+                    thread_metrics,
+                    effects,
+                    (archive_feed, stats_archive),
+                );
+                let mut driver = match recovered {
                     Ok(driver) => {
                         let _ = started_tx.send(Ok(()));
                         driver
@@ -540,15 +600,23 @@ impl Store {
                     metrics,
                     dispatch,
                     delivery,
+                    archive,
                 },
                 thread: Some(thread),
+                archive_worker,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
+                if let Some(worker) = archive_worker {
+                    worker.join();
+                }
                 Err(e)
             }
             Err(_) => {
                 let _ = thread.join();
+                if let Some(worker) = archive_worker {
+                    worker.join();
+                }
                 Err(StoreError::Raft("store thread died during start-up".into()))
             }
         }
@@ -569,9 +637,14 @@ impl Store {
             return Ok(());
         };
         let _ = self.handle.inputs.send(Input::Shutdown);
-        thread
+        let result = thread
             .join()
-            .map_err(|_| StoreError::Raft("store thread panicked".into()))?
+            .map_err(|_| StoreError::Raft("store thread panicked".into()))?;
+        // The store thread dropped its feed: the archive drains and ends.
+        if let Some(worker) = self.archive_worker.take() {
+            worker.join();
+        }
+        result
     }
 }
 
@@ -606,7 +679,38 @@ struct Driver {
     tick_interval: Duration,
     next_tick: Instant,
     stopping: bool,
+    retention: Option<Retention>,
 }
+
+/// The store thread's side of retention: the leader's proposals and the
+/// node's stats line.
+struct Retention {
+    schedule: RetentionSchedule,
+    /// Our last retention proposal, until it is answered: one at a time, so
+    /// the next cut-off is computed from the state that one left.
+    in_flight: Option<flume::Receiver<ProposeResult>>,
+    archive: Option<ArchiveHandle>,
+    next_stats_at: Instant,
+    last_stats: Option<RetentionLine>,
+}
+
+/// What the periodic retention stats line reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RetentionLine {
+    messages: usize,
+    mos: usize,
+    pending: usize,
+    evicted: u64,
+    evicted_mos: u64,
+    purged: u64,
+    purged_deliveries: u64,
+    archived: u64,
+    archive_dropped: u64,
+    pruned: u64,
+}
+
+/// How often the stats line may be logged (only when something changed).
+const RETENTION_STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Driver {
     fn recover(
@@ -614,6 +718,7 @@ impl Driver {
         inputs: Receiver<Input>,
         metrics: Arc<SharedMetrics>,
         effects: (EffectSender, EffectSender),
+        archive: (Option<ArchiveFeed>, Option<ArchiveHandle>),
     ) -> Result<Driver, StoreError> {
         fs::create_dir_all(&config.data_dir)?;
         let incarnation = next_incarnation(&config.data_dir)?;
@@ -636,7 +741,11 @@ impl Driver {
             dispatch: effects.0,
             delivery: effects.1,
             drained: Vec::new(),
+            archive: archive.0,
         };
+        if state.archive.is_some() {
+            state.state.keep_removed();
+        }
         let mut state_snapshot = None;
         if let Some(saved) = snapshots.load_latest()? {
             let conf_state = ConfState::parse_from_bytes(&saved.conf_state).map_err(|e| {
@@ -707,6 +816,13 @@ impl Driver {
             tick_interval,
             next_tick: Instant::now() + tick_interval,
             stopping: false,
+            retention: config.retention.map(|retention| Retention {
+                schedule: RetentionSchedule::new(retention),
+                in_flight: None,
+                archive: archive.1,
+                next_stats_at: Instant::now(),
+                last_stats: None,
+            }),
         })
     }
 
@@ -732,6 +848,7 @@ impl Driver {
                 self.execute(actions)?;
             }
             self.maybe_snapshot();
+            self.maybe_propose_retention();
             self.publish_metrics();
         }
         for (_, reply) in self.waiting.drain() {
@@ -965,10 +1082,94 @@ impl Driver {
         if metadata.index == 0 {
             return;
         }
+        let started = Instant::now();
         let state = self.core.state_machine().snapshot();
+        // The store thread stands still meanwhile: worth seeing in the log.
+        tracing::info!(
+            node = self.node_id,
+            index = metadata.index,
+            size_bytes = state.len(),
+            serialize_ms = started.elapsed().as_millis() as u64,
+            "state snapshot serialized"
+        );
         if self.snapshots.save_in_background(metadata, state) {
             self.log_bytes_at_last_snapshot = log_bytes;
         }
+    }
+
+    /// On the leader: proposes what the retention schedule says is due. On
+    /// every node: logs the stats line when the counts moved.
+    fn maybe_propose_retention(&mut self) {
+        let Some(retention) = &mut self.retention else {
+            return;
+        };
+        let state = &self.core.state_machine().state;
+        if Instant::now() >= retention.next_stats_at {
+            retention.next_stats_at = Instant::now() + RETENTION_STATS_INTERVAL;
+            let stats = state.retention_stats();
+            let counters = state.counters();
+            let archive = retention.archive.as_ref().map(|a| a.counters());
+            let read = |pick: fn(&super::retention::ArchiveCounters) -> &AtomicU64| {
+                archive.map_or(0, |c| pick(c).load(Ordering::Relaxed))
+            };
+            let line = RetentionLine {
+                messages: state.message_count(),
+                mos: state.mo_count(),
+                pending: state.pending_count(),
+                evicted: stats.evicted_messages,
+                evicted_mos: stats.evicted_mos,
+                purged: counters.purged_messages,
+                purged_deliveries: counters.purged_deliveries,
+                archived: read(|c| &c.archived),
+                archive_dropped: read(|c| &c.dropped) + stats.archive_dropped,
+                pruned: read(|c| &c.pruned),
+            };
+            if retention.last_stats != Some(line) {
+                if retention
+                    .last_stats
+                    .is_some_and(|last| last.purged_deliveries != line.purged_deliveries)
+                {
+                    tracing::warn!(
+                        node = self.node_id,
+                        purged_deliveries = line.purged_deliveries,
+                        "retention dropped DLRs/MOs never delivered"
+                    );
+                }
+                retention.last_stats = Some(line);
+                tracing::info!(
+                    node = self.node_id,
+                    messages = line.messages,
+                    mos = line.mos,
+                    pending = line.pending,
+                    evicted = line.evicted,
+                    evicted_mos = line.evicted_mos,
+                    purged = line.purged,
+                    purged_deliveries = line.purged_deliveries,
+                    archived = line.archived,
+                    archive_dropped = line.archive_dropped,
+                    archive_pruned = line.pruned,
+                    "retention stats"
+                );
+            }
+        }
+        if let Some(reply) = &retention.in_flight {
+            match reply.try_recv() {
+                Err(flume::TryRecvError::Empty) => return,
+                Ok(_) | Err(flume::TryRecvError::Disconnected) => retention.in_flight = None,
+            }
+        }
+        if self.core.leader_id() != self.node_id {
+            return;
+        }
+        let Some(command) = retention.schedule.next(unix_now_ms(), state) else {
+            return;
+        };
+        let (reply, rx) = flume::bounded(1);
+        retention.in_flight = Some(rx);
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.waiting.insert(request_id, reply);
+        self.core.propose(request_id, &command.encode());
     }
 
     fn collect_durable_snapshots(&mut self) {

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod id;
 pub mod kv;
 pub mod node;
+pub mod retention;
 pub mod sim;
 pub mod snapshot;
 pub mod state;
