@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use tern::store::command::{Accept, Account, Address, BindKind, Command, Receipt};
 use tern::store::id::IdGenerator;
-use tern::store::kv::{KvBatch, KvStore, MessageArchive, SledStore, Tree};
+use tern::store::kv::{ArchivedMessage, KvBatch, KvStore, MessageArchive, SledStore, Tree};
 use tern::store::snapshot::{FsSnapshotDisk, PersistentState};
 use tern::store::state::AppState;
 use tern::store::StateMachine;
@@ -259,7 +259,12 @@ fn measure_memory(
     let finished: Vec<_> = state.finished_before(u64::MAX).collect();
     let mut archived = 0;
     for chunk in finished.chunks(10_000) {
-        archived += archive.archive(chunk.iter().copied())?;
+        let records: Vec<ArchivedMessage> = chunk
+            .iter()
+            .map(|m| ArchivedMessage::from_message(m))
+            .collect();
+        archived += archive.archive(&records, 0)?;
+        archive.store().sync()?;
     }
     let archive_s = started.elapsed().as_secs_f64();
     println!("(b) archive {archived} finished messages to sled (+fsync per 10k): {archive_s:.3} s, {:.0} messages/s", archived as f64 / archive_s);

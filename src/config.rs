@@ -774,6 +774,32 @@ mod tests {
     }
 
     #[test]
+    fn retention_keys_are_checked_by_name() {
+        for (text, key) in [
+            ("[store]\nhot_window_s = 0\n", "store.hot_window_s"),
+            (
+                "[store]\nhot_window_s = 600\nretention_s = 60\n",
+                "store.retention_s",
+            ),
+            (
+                "[store]\narchive_retention_days = 0\n",
+                "store.archive_retention_days",
+            ),
+        ] {
+            let e = Config::parse(text, "r.toml").unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        }
+        let ok = Config::parse("[store]\nhot_window_s = 2\nretention_s = 2\n", "r.toml").unwrap();
+        assert_eq!(
+            (
+                ok.config.store.hot_window_s,
+                ok.config.store.archive_retention_days
+            ),
+            (2, 7)
+        );
+    }
+
+    #[test]
     fn example_file_parses() {
         let text = include_str!("../tern.example.toml");
         let resolved = Config::parse(text, "tern.example.toml").unwrap();

@@ -387,3 +387,147 @@ impl ArchiveLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::command::tests::sample_accept;
+    use crate::store::command::{Account, Receipt};
+    use crate::store::StateMachine;
+
+    fn config() -> RetentionConfig {
+        RetentionConfig {
+            hot_window_ms: 1_000,
+            retention_ms: 100_000,
+            archive_retention_ms: 1_000_000,
+            evict_batch: 2,
+            evict_interval_ms: 500,
+            purge_interval_ms: 60_000,
+        }
+    }
+
+    /// A state with `count` messages delivered (no DLR asked) at `done_at_ms`.
+    fn finished_state(count: u64, done_at_ms: u64) -> AppState {
+        let mut commands = vec![Command::UpsertAccount(Account {
+            name: "acme".into(),
+            password_hash: "h".into(),
+            max_binds: 0,
+            throughput_per_s: 0,
+            allowed_ips: vec![],
+            allowed_senders: vec![],
+            retention_s: 0,
+            enabled: true,
+            webhook_url: None,
+        })];
+        for n in 0..count {
+            let mut accept = sample_accept();
+            accept.id = MessageId::from_parts(1, 1, 0, n).unwrap();
+            accept.registered_delivery = 0;
+            commands.push(Command::Accept(accept.clone()));
+            commands.push(Command::Submitted {
+                id: accept.id,
+                connector: "op1".into(),
+                upstream_id: format!("U{n}"),
+                at_ms: done_at_ms,
+            });
+            commands.push(Command::Receipt(Receipt {
+                connector: "op1".into(),
+                upstream_id: format!("U{n}"),
+                state: 2,
+                err: 0,
+                done_at_ms,
+                raw: None,
+            }));
+        }
+        let encoded: Vec<Vec<u8>> = commands.iter().map(Command::encode).collect();
+        let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        let mut state = AppState::new();
+        state.apply(1, &slices);
+        state
+    }
+
+    #[test]
+    fn purge_first_then_evict_only_past_the_window() {
+        let state = finished_state(1, 10_000);
+        let mut schedule = RetentionSchedule::new(config());
+        // Before the clock passed the retention, no purge cut-off exists.
+        assert_eq!(schedule.next(10_500, &state), None);
+        let mut schedule = RetentionSchedule::new(config());
+        assert_eq!(
+            schedule.next(200_000, &state),
+            Some(Command::Purge {
+                before_ms: 100_000,
+                account: None
+            })
+        );
+        assert_eq!(
+            schedule.next(200_000, &state),
+            Some(Command::Evict {
+                finished_before_ms: 199_000,
+                max: 2
+            })
+        );
+        // Not a full batch: the next round waits for the interval.
+        assert_eq!(schedule.next(200_100, &state), None);
+        assert!(schedule.next(200_500, &state).is_some());
+        // Within the window nothing is due; the purge waits its interval.
+        let mut schedule = RetentionSchedule::new(config());
+        schedule.next(10_900, &state);
+        assert_eq!(schedule.next(10_900, &state), None);
+        assert_eq!(schedule.next(11_100, &state), None);
+        assert!(schedule.next(11_400, &state).is_some());
+    }
+
+    #[test]
+    fn a_backlog_is_evicted_batch_after_batch() {
+        let state = finished_state(5, 10_000);
+        let mut schedule = RetentionSchedule::new(config());
+        schedule.next_purge_at_ms = u64::MAX;
+        for _ in 0..3 {
+            assert!(matches!(
+                schedule.next(20_000, &state),
+                Some(Command::Evict { max: 2, .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn archive_thread_archives_answers_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = finished_state(3, 10_000);
+        state.keep_removed();
+        let evict = Command::Evict {
+            finished_before_ms: u64::MAX,
+            max: 10,
+        }
+        .encode();
+        state.apply(2, &[evict.as_slice()]);
+        let mut removed = Vec::new();
+        state.drain_removed(&mut removed);
+        assert_eq!(removed.len(), 3);
+        let ids: Vec<MessageId> = removed.iter().map(Message::id).collect();
+        let (mut feed, handle, worker) = start_archive(dir.path(), 1_000_000, 1).unwrap();
+        feed.send(removed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.counters().archived.load(Ordering::Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "archive thread wrote nothing");
+            thread::sleep(Duration::from_millis(10));
+        }
+        for id in &ids {
+            let record = handle.lookup_blocking(*id).unwrap().expect("archived");
+            assert_eq!(record.state, crate::store::state::MessageState::Delivered);
+            assert_eq!(record.connector.as_deref(), Some("op1"));
+        }
+        let unknown = MessageId::from_parts(7, 7, 7, 7).unwrap();
+        assert_eq!(handle.lookup_blocking(unknown), Ok(None));
+        drop(feed);
+        worker.join();
+        assert_eq!(
+            handle.lookup_blocking(ids[0]),
+            Err(ArchiveLookupError::Unavailable)
+        );
+        // Reopened, the records are still there.
+        let (_feed, handle, _worker) = start_archive(dir.path(), 1_000_000, 1).unwrap();
+        assert!(handle.lookup_blocking(ids[2]).unwrap().is_some());
+    }
+}
