@@ -44,7 +44,7 @@ use super::retention::{
     ArchiveWorker, RetentionConfig, RetentionSchedule,
 };
 use super::snapshot::{FsSnapshotDisk, PersistentState};
-use super::state::{AppState, ApplyOutcome, Effect, Message};
+use super::state::{AppState, ApplyOutcome, Effect, Message, SnapshotSource};
 use super::transport::{Transport, TransportConfig};
 use super::wal::{FsDisk, LogOptions, RaftLog};
 use super::{StateMachine, StoreError};
@@ -489,7 +489,7 @@ struct NodeState {
 impl NodeState {
     fn forward_removed(&mut self) {
         if let Some(feed) = &mut self.archive {
-            let mut removed: Vec<Message> = Vec::new();
+            let mut removed: Vec<Arc<Message>> = Vec::new();
             self.state.drain_removed(&mut removed);
             feed.send(removed);
         }
@@ -1070,8 +1070,10 @@ impl Driver {
     }
 
     /// Takes a durable state snapshot when enough log was written since the
-    /// last one. The state is serialised here (it must be consistent with the
-    /// applied index); the write and fsync happen on the snapshot thread.
+    /// last one. The state is detached here, between two applies, so it is
+    /// the state of exactly the applied index (a copy of the map nodes, the
+    /// records shared); encoding, write and fsync happen on the snapshot
+    /// thread while this one keeps applying.
     fn maybe_snapshot(&mut self) {
         let log_bytes = self.metrics.log_bytes.load(Ordering::Relaxed);
         let written = log_bytes.saturating_sub(self.log_bytes_at_last_snapshot);
@@ -1083,14 +1085,13 @@ impl Driver {
             return;
         }
         let started = Instant::now();
-        let state = self.core.state_machine().snapshot();
+        let state = self.core.state_machine().state.snapshot_source();
         // The store thread stands still meanwhile: worth seeing in the log.
         tracing::info!(
             node = self.node_id,
             index = metadata.index,
-            size_bytes = state.len(),
-            serialize_ms = started.elapsed().as_millis() as u64,
-            "state snapshot serialized"
+            detach_ms = started.elapsed().as_millis() as u64,
+            "state snapshot detached"
         );
         if self.snapshots.save_in_background(metadata, state) {
             self.log_bytes_at_last_snapshot = log_bytes;
@@ -1447,8 +1448,15 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError>
 
 /// Writes state snapshots on a helper thread so the store thread never waits
 /// for their fsync in steady state; one write at a time.
+/// What the snapshot thread saves: bytes already encoded, or a detached
+/// state it encodes itself (so the store thread does not wait for that).
+enum SnapshotPayload {
+    Encoded(Vec<u8>),
+    Detached(SnapshotSource),
+}
+
 struct SnapshotWriter {
-    jobs: Sender<(SnapshotMetadata, Vec<u8>)>,
+    jobs: Sender<(SnapshotMetadata, SnapshotPayload)>,
     done: Receiver<Result<u64, String>>,
     in_flight: bool,
     /// A background write that finished while `save_now` waited for it.
@@ -1461,12 +1469,30 @@ impl SnapshotWriter {
         mut snapshots: PersistentState<FsSnapshotDisk>,
         node_id: u64,
     ) -> Result<SnapshotWriter, StoreError> {
-        let (jobs, job_rx) = crossbeam_channel::bounded::<(SnapshotMetadata, Vec<u8>)>(1);
+        let (jobs, job_rx) = crossbeam_channel::bounded::<(SnapshotMetadata, SnapshotPayload)>(1);
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let thread = thread::Builder::new()
             .name(format!("tern-snap-{node_id}"))
             .spawn(move || {
-                for (metadata, state) in job_rx {
+                for (metadata, payload) in job_rx {
+                    let state = match payload {
+                        SnapshotPayload::Encoded(bytes) => bytes,
+                        SnapshotPayload::Detached(source) => {
+                            let started = Instant::now();
+                            let bytes = source.encode();
+                            tracing::info!(
+                                node = node_id,
+                                index = metadata.index,
+                                size_bytes = bytes.len(),
+                                encode_ms = started.elapsed().as_millis() as u64,
+                                "state snapshot encoded off the store thread"
+                            );
+                            // The detached maps are freed here too, not on
+                            // the store thread.
+                            drop(source);
+                            bytes
+                        }
+                    };
                     let result = metadata
                         .get_conf_state()
                         .write_to_bytes()
@@ -1494,9 +1520,17 @@ impl SnapshotWriter {
         self.in_flight
     }
 
-    fn save_in_background(&mut self, metadata: SnapshotMetadata, state: Vec<u8>) -> bool {
+    fn save_in_background(&mut self, metadata: SnapshotMetadata, state: SnapshotSource) -> bool {
         debug_assert!(!self.in_flight, "one background snapshot at a time");
-        self.in_flight = self.jobs.try_send((metadata, state)).is_ok();
+        debug_assert_eq!(
+            metadata.index,
+            state.applied_index(),
+            "a snapshot's metadata names the index its state was taken at"
+        );
+        self.in_flight = self
+            .jobs
+            .try_send((metadata, SnapshotPayload::Detached(state)))
+            .is_ok();
         self.in_flight
     }
 
@@ -1539,7 +1573,7 @@ impl SnapshotWriter {
             }
         }
         self.jobs
-            .send((metadata.clone(), state))
+            .send((metadata.clone(), SnapshotPayload::Encoded(state)))
             .map_err(|_| stopped())?;
         match self.done.recv().map_err(|_| stopped())? {
             Ok(_) => Ok(()),

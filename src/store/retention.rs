@@ -205,13 +205,13 @@ impl ArchiveHandle {
 
 /// The store thread's end: hands removed messages over without waiting.
 pub struct ArchiveFeed {
-    records: Sender<Vec<Message>>,
+    records: Sender<Vec<Arc<Message>>>,
     counters: Arc<ArchiveCounters>,
     last_warning: Option<Instant>,
 }
 
 impl ArchiveFeed {
-    pub fn send(&mut self, batch: Vec<Message>) {
+    pub fn send(&mut self, batch: Vec<Arc<Message>>) {
         if batch.is_empty() {
             return;
         }
@@ -302,7 +302,7 @@ pub fn start_archive(
 
 struct ArchiveLoop {
     archive: MessageArchive<SledStore>,
-    records: Receiver<Vec<Message>>,
+    records: Receiver<Vec<Arc<Message>>>,
     lookups: Receiver<LookupRequest>,
     counters: Arc<ArchiveCounters>,
     archive_retention_ms: u64,
@@ -343,13 +343,15 @@ impl ArchiveLoop {
         let _ = request.reply.send(result);
     }
 
-    fn write(&self, batch: &[Message]) {
+    fn write(&self, batch: &[Arc<Message>]) {
         // Lookups waiting go first: a batch write takes milliseconds.
         while let Ok(request) = self.lookups.try_recv() {
             self.answer(request);
         }
-        let records: Vec<ArchivedMessage> =
-            batch.iter().map(ArchivedMessage::from_message).collect();
+        let records: Vec<ArchivedMessage> = batch
+            .iter()
+            .map(|m| ArchivedMessage::from_message(m))
+            .collect();
         match self.archive.archive(&records, unix_now_ms()) {
             Ok(count) => {
                 self.counters
@@ -505,7 +507,7 @@ mod tests {
         let mut removed = Vec::new();
         state.drain_removed(&mut removed);
         assert_eq!(removed.len(), 3);
-        let ids: Vec<MessageId> = removed.iter().map(Message::id).collect();
+        let ids: Vec<MessageId> = removed.iter().map(|m| m.id()).collect();
         let (mut feed, handle, worker) = start_archive(dir.path(), 1_000_000, 1).unwrap();
         feed.send(removed);
         let deadline = Instant::now() + Duration::from_secs(10);

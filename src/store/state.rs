@@ -20,6 +20,7 @@ use crate::store::{StateMachine, StoreError};
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Version byte in front of every state snapshot.
 pub const SNAPSHOT_VERSION: u8 = 1;
@@ -218,7 +219,10 @@ pub enum RejectReason {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Core {
     applied_index: u64,
-    messages: BTreeMap<MessageId, Message>,
+    /// Shared records: a snapshot clones the map (node allocations and
+    /// reference counts, no record copies) and encodes it off the store
+    /// thread; apply copies a record only while such a clone still holds it.
+    messages: BTreeMap<MessageId, Arc<Message>>,
     mos: BTreeMap<MessageId, MoRecord>,
     pending: BTreeMap<MessageId, PendingDelivery>,
     /// connector → upstream id → receipt that arrived before its `Submitted`.
@@ -410,7 +414,7 @@ pub struct AppState {
     effects_lost: bool,
     /// Messages that `Evict` or `Purge` removed, for the node's archive;
     /// `None` (the default) keeps nothing. Node-local like `effects`.
-    removed: Option<Vec<Message>>,
+    removed: Option<Vec<Arc<Message>>>,
     retention: RetentionStats,
 }
 
@@ -438,7 +442,7 @@ impl AppState {
     // ----- queries -----
 
     pub fn message(&self, id: &MessageId) -> Option<&Message> {
-        self.core.messages.get(id)
+        self.core.messages.get(id).map(Arc::as_ref)
     }
 
     pub fn mo(&self, id: &MessageId) -> Option<&MoRecord> {
@@ -447,7 +451,7 @@ impl AppState {
 
     pub fn by_upstream(&self, connector: &str, upstream_id: &str) -> Option<&Message> {
         let id = self.ix.by_upstream.get(connector)?.get(upstream_id)?;
-        self.core.messages.get(id)
+        self.core.messages.get(id).map(Arc::as_ref)
     }
 
     /// DLRs and MOs owed to `account`, waiting or targeted, in id order.
@@ -470,7 +474,7 @@ impl AppState {
             .get(&node)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.core.messages.get(id))
+            .filter_map(|id| self.core.messages.get(id).map(Arc::as_ref))
     }
 
     /// DLRs and MOs that `node` is to send, in id order.
@@ -496,7 +500,7 @@ impl AppState {
         self.ix
             .messages_by_received
             .range(..(before_ms, min_id()))
-            .filter_map(|(_, id)| self.core.messages.get(id))
+            .filter_map(|(_, id)| self.core.messages.get(id).map(Arc::as_ref))
             .filter(|m| m.state.is_final())
     }
 
@@ -506,7 +510,7 @@ impl AppState {
         self.ix
             .evictable
             .range(..(finished_before_ms, min_id()))
-            .filter_map(|(_, id)| self.core.messages.get(id))
+            .filter_map(|(_, id)| self.core.messages.get(id).map(Arc::as_ref))
     }
 
     /// Whether `Evict { finished_before_ms, .. }` would drop anything.
@@ -528,7 +532,7 @@ impl AppState {
         self.ix
             .open_by_validity
             .range(..=(now_ms, max_id()))
-            .filter_map(|(_, id)| self.core.messages.get(id))
+            .filter_map(|(_, id)| self.core.messages.get(id).map(Arc::as_ref))
     }
 
     pub fn account(&self, name: &str) -> Option<&Account> {
@@ -654,13 +658,13 @@ impl AppState {
     }
 
     /// Moves the messages removed since the last call into `out` (appending).
-    pub fn drain_removed(&mut self, out: &mut Vec<Message>) {
+    pub fn drain_removed(&mut self, out: &mut Vec<Arc<Message>>) {
         if let Some(removed) = &mut self.removed {
             out.append(removed);
         }
     }
 
-    fn hand_to_archive(&mut self, message: Message) {
+    fn hand_to_archive(&mut self, message: Arc<Message>) {
         if let Some(removed) = &mut self.removed {
             if removed.len() < MAX_BUFFERED_REMOVED {
                 removed.push(message);
@@ -825,7 +829,7 @@ impl AppState {
         self.emit(Effect::Dispatch { id, node: owner });
         self.core.messages.insert(
             id,
-            Message {
+            Arc::new(Message {
                 accept,
                 owner,
                 state: MessageState::Accepted,
@@ -836,7 +840,7 @@ impl AppState {
                 done_at_ms: None,
                 receipt_err: 0,
                 receipt_raw: None,
-            },
+            }),
         );
         ApplyOutcome::Accepted(id)
     }
@@ -848,7 +852,7 @@ impl AppState {
         upstream_id: String,
         at_ms: u64,
     ) -> ApplyOutcome {
-        let Some(message) = self.core.messages.get_mut(&id) else {
+        let Some(message) = record_mut(&mut self.core.messages, &id) else {
             return ApplyOutcome::NotFound;
         };
         if message
@@ -900,7 +904,7 @@ impl AppState {
         // An operator reusing an id: the newest submission owns it, and the
         // older message forgets it, so the index stays derivable from records.
         if let Some(previous) = previous.filter(|p| *p != id) {
-            if let Some(older) = self.core.messages.get_mut(&previous) {
+            if let Some(older) = record_mut(&mut self.core.messages, &previous) {
                 older
                     .upstreams
                     .retain(|u| !(u.connector == connector && u.upstream_id == upstream_id));
@@ -924,7 +928,7 @@ impl AppState {
         at_ms: u64,
         retry_at_ms: Option<u64>,
     ) -> ApplyOutcome {
-        let Some(message) = self.core.messages.get_mut(&id) else {
+        let Some(message) = record_mut(&mut self.core.messages, &id) else {
             return ApplyOutcome::NotFound;
         };
         // Only a message still waiting for an operator can fail to submit; a
@@ -1007,7 +1011,7 @@ impl AppState {
     }
 
     fn apply_receipt_to(&mut self, id: MessageId, receipt: &Receipt) -> ApplyOutcome {
-        let Some(message) = self.core.messages.get_mut(&id) else {
+        let Some(message) = record_mut(&mut self.core.messages, &id) else {
             debug_assert!(false, "upstream index points at a missing message {id}");
             return ApplyOutcome::NotFound;
         };
@@ -1128,7 +1132,7 @@ impl AppState {
     }
 
     fn apply_expire(&mut self, id: MessageId, at_ms: u64) -> ApplyOutcome {
-        let Some(message) = self.core.messages.get_mut(&id) else {
+        let Some(message) = record_mut(&mut self.core.messages, &id) else {
             return ApplyOutcome::NotFound;
         };
         if message.state.is_final() {
@@ -1321,7 +1325,7 @@ impl AppState {
                 let Some(new_owner) = self.pick_live_node(id) else {
                     return;
                 };
-                if let Some(message) = self.core.messages.get_mut(&id) {
+                if let Some(message) = record_mut(&mut self.core.messages, &id) {
                     message.owner = new_owner;
                     remove_from(&mut self.ix.owned_unsubmitted, &owner, &id);
                     self.ix
@@ -1549,6 +1553,14 @@ impl AppState {
     }
 }
 
+/// A record to change: copied first only if a snapshot still shares it.
+fn record_mut<'a>(
+    messages: &'a mut BTreeMap<MessageId, Arc<Message>>,
+    id: &MessageId,
+) -> Option<&'a mut Message> {
+    messages.get_mut(id).map(Arc::make_mut)
+}
+
 fn forget_validity(ix: &mut Indexes, message: &Message) {
     if let Some(until_ms) = message.accept.validity_until_ms {
         ix.open_by_validity.remove(&(until_ms, message.id()));
@@ -1586,6 +1598,44 @@ fn remove_upstream_index(
     }
 }
 
+fn encode_core(core: &Core) -> Vec<u8> {
+    let mut out = vec![SNAPSHOT_VERSION];
+    if let Err(e) = snapshot_codec().serialize_into(&mut out, core) {
+        // In-memory plain data always serialises; this is an invariant.
+        panic!("state snapshot failed to serialise: {e}");
+    }
+    out
+}
+
+/// The replicated state as of one applied index, detached from the live
+/// state: encoding it (the slow part of a snapshot) can run on another thread
+/// while apply goes on. Encodes to exactly the bytes `snapshot()` gave then.
+#[derive(Debug)]
+pub struct SnapshotSource {
+    core: Core,
+}
+
+impl SnapshotSource {
+    pub fn applied_index(&self) -> u64 {
+        self.core.applied_index
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_core(&self.core)
+    }
+}
+
+impl AppState {
+    /// A detached copy for `SnapshotSource::encode`. Costs a copy of the
+    /// maps' nodes (message records are shared, not copied); records changed
+    /// while the copy lives are copied once, on their first change.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource {
+            core: self.core.clone(),
+        }
+    }
+}
+
 impl StateMachine for AppState {
     type Output = ApplyOutcome;
 
@@ -1614,12 +1664,7 @@ impl StateMachine for AppState {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_VERSION];
-        if let Err(e) = snapshot_codec().serialize_into(&mut out, &self.core) {
-            // In-memory plain data always serialises; this is an invariant.
-            panic!("state snapshot failed to serialise: {e}");
-        }
-        out
+        encode_core(&self.core)
     }
 
     fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), StoreError> {
@@ -2515,6 +2560,40 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_source_stays_as_taken_while_apply_goes_on() {
+        let mut state = with_account();
+        run(&mut state, &[accept(1, 1, 1), accept(2, 1, 0)]);
+        let before = state.snapshot();
+        let source = state.snapshot_source();
+        run(
+            &mut state,
+            &[
+                submitted(1, "P1"),
+                receipt("P1", 2),
+                Command::SubmitFailed {
+                    id: id(2),
+                    status: 8,
+                    permanent: true,
+                    at_ms: 1_500,
+                    retry_at_ms: None,
+                },
+                Command::Evict {
+                    finished_before_ms: u64::MAX,
+                    max: 10,
+                },
+                accept(3, 1, 1),
+            ],
+        );
+        assert_eq!(source.applied_index() + 5, state.applied_index());
+        assert_eq!(source.encode(), before);
+        assert_ne!(state.snapshot(), before);
+        assert_eq!(
+            state.message(&id(1)).map(|m| m.state),
+            Some(MessageState::Delivered)
+        );
+    }
+
+    #[test]
     fn orphans_are_bounded() {
         let mut state = AppState::new();
         let commands: Vec<Vec<u8>> = (0..MAX_ORPHAN_RECEIPTS + 5)
@@ -2618,6 +2697,7 @@ mod tests {
             prop_assert!(second.indexes_consistent());
             prop_assert_eq!(first.snapshot(), second.snapshot());
 
+            prop_assert_eq!(first.snapshot_source().encode(), first.snapshot());
             let mut restored = AppState::new();
             restored.restore(first.applied_index(), &first.snapshot()).unwrap();
             prop_assert_eq!(restored.snapshot(), first.snapshot());
@@ -2637,7 +2717,7 @@ mod tests {
                         .messages
                         .values()
                         .filter(|m| !m.state.is_final() || state.core.pending.contains_key(&m.id()))
-                        .map(Message::id)
+                        .map(|m| m.id())
                         .chain(state.core.mos.iter().filter(|(_, m)| !m.delivered).map(|(id, _)| *id))
                         .collect(),
                     _ => Vec::new(),
