@@ -1452,7 +1452,7 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError>
 /// state it encodes itself (so the store thread does not wait for that).
 enum SnapshotPayload {
     Encoded(Vec<u8>),
-    Detached(SnapshotSource),
+    Detached(Box<SnapshotSource>),
 }
 
 struct SnapshotWriter {
@@ -1529,7 +1529,7 @@ impl SnapshotWriter {
         );
         self.in_flight = self
             .jobs
-            .try_send((metadata, SnapshotPayload::Detached(state)))
+            .try_send((metadata, SnapshotPayload::Detached(Box::new(state))))
             .is_ok();
         self.in_flight
     }
