@@ -107,6 +107,9 @@ pub trait KvStore: Send {
     fn sync(&self) -> Result<(), StoreError>;
 }
 
+/// sled's default page cache size.
+const DEFAULT_SLED_CACHE_BYTES: u64 = 1 << 30;
+
 /// sled behind `KvStore`.
 pub struct SledStore {
     db: sled::Db,
@@ -123,9 +126,16 @@ fn sled_error(e: sled::Error) -> StoreError {
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_SLED_CACHE_BYTES)
+    }
+
+    /// Opens with sled's page cache capped at `cache_bytes` (sled's own
+    /// default is 1 GiB, which an archive nobody reads much should not take).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(sled_error)?;
         Ok(SledStore {

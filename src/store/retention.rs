@@ -258,6 +258,8 @@ const LOOKUP_QUEUE_CAPACITY: usize = 4096;
 const PRUNE_BATCH: usize = 1_000;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// sled page cache of the archive: lookups are rare, writes sequential.
+const ARCHIVE_CACHE_BYTES: u64 = 64 << 20;
 
 /// Opens (or creates) the archive in `dir` and starts its thread.
 pub fn start_archive(
@@ -266,7 +268,7 @@ pub fn start_archive(
     node_id: u64,
 ) -> Result<(ArchiveFeed, ArchiveHandle, ArchiveWorker), StoreError> {
     std::fs::create_dir_all(dir)?;
-    let archive = MessageArchive::new(SledStore::open(dir)?);
+    let archive = MessageArchive::new(SledStore::open_with_cache(dir, ARCHIVE_CACHE_BYTES)?);
     let (records_tx, records) = crossbeam_channel::bounded(FEED_CAPACITY_BATCHES);
     let (lookups_tx, lookups) = crossbeam_channel::bounded(LOOKUP_QUEUE_CAPACITY);
     let counters = Arc::new(ArchiveCounters::default());
