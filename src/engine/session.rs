@@ -570,6 +570,7 @@ impl Connection {
             payload: sm.message(),
             segment: segment_of(sm),
             validity: sm.validity_period.as_bytes(),
+            schedule: sm.schedule_delivery_time.as_bytes(),
         };
         self.accept(CommandId::SubmitSm, sequence_number, fields);
     }
@@ -599,6 +600,7 @@ impl Connection {
             payload: sm.tlvs.message_payload().unwrap_or_default(),
             segment,
             validity: b"",
+            schedule: b"",
         };
         self.accept(CommandId::DataSm, sequence_number, fields);
     }
@@ -619,6 +621,13 @@ impl Connection {
         }
         let received_at_ms = unix_now_ms();
         let validity_until_ms = match parse_validity(fields.validity, received_at_ms) {
+            Ok(v) => v,
+            Err(status) => {
+                self.respond_error(request, sequence_number, status);
+                return;
+            }
+        };
+        let scheduled_at_ms = match parse_schedule(fields.schedule, received_at_ms) {
             Ok(v) => v,
             Err(status) => {
                 self.respond_error(request, sequence_number, status);
@@ -657,6 +666,8 @@ impl Connection {
             received_at_ms,
             validity_until_ms,
             owner_node: self.shard.node_id(),
+            client_ref: None,
+            scheduled_at_ms,
         })
         .encode();
         let pending = match self.shard.store().try_propose(command) {
@@ -943,6 +954,8 @@ struct MessageFields<'a> {
     payload: Bytes,
     segment: Option<SegmentInfo>,
     validity: &'a [u8],
+    /// schedule_delivery_time, absolute or relative; empty = at once.
+    schedule: &'a [u8],
 }
 
 fn address((ton, npi, digits): (u8, u8, &[u8])) -> Address {
@@ -1014,6 +1027,18 @@ fn parse_validity(field: &[u8], now_ms: u64) -> Result<Option<u64>, CommandStatu
     let now = i64::try_from(now_ms).map_err(|_| invalid)?;
     let until = time.resolve_unix_ms(now).map_err(|_| invalid)?;
     Ok(Some(u64::try_from(until).unwrap_or(0)))
+}
+
+/// A schedule_delivery_time in the past means "at once" (no schedule).
+fn parse_schedule(field: &[u8], now_ms: u64) -> Result<Option<u64>, CommandStatus> {
+    if field.is_empty() {
+        return Ok(None);
+    }
+    let invalid = TimeField::ScheduleDeliveryTime.invalid_status();
+    let time = SmppTime::parse(field).map_err(|_| invalid)?;
+    let now = i64::try_from(now_ms).map_err(|_| invalid)?;
+    let at = time.resolve_unix_ms(now).map_err(|_| invalid)?;
+    Ok(u64::try_from(at).ok().filter(|&at_ms| at_ms > now_ms))
 }
 
 /// data_sm has no validator in `smpp::pdu`; these are the checks submit_sm's

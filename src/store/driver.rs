@@ -1378,6 +1378,9 @@ pub fn filler_account_command() -> Vec<u8> {
         retention_s: 0,
         enabled: true,
         webhook_url: None,
+        api_key_hash: None,
+        webhook_secret: None,
+        window: 0,
     })
     .encode()
 }
@@ -1415,6 +1418,8 @@ impl FillerCommands {
             received_at_ms: 1_700_000_000_000,
             validity_until_ms: None,
             owner_node: 1,
+            client_ref: None,
+            scheduled_at_ms: None,
         };
         // Varint lengths make the overhead depend on the payload size: converge.
         for _ in 0..4 {
@@ -1468,6 +1473,8 @@ fn empty_accept() -> Accept {
         received_at_ms: 0,
         validity_until_ms: None,
         owner_node: 0,
+        client_ref: None,
+        scheduled_at_ms: None,
     }
 }
 

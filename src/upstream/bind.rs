@@ -735,6 +735,8 @@ mod tests {
             received_at_ms: 0,
             validity_until_ms: None,
             owner_node: 1,
+            client_ref: None,
+            scheduled_at_ms: None,
         }
     }
 
