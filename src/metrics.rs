@@ -997,6 +997,17 @@ pub enum BindType {
     Transceiver,
 }
 
+impl From<crate::store::command::BindKind> for BindType {
+    fn from(kind: crate::store::command::BindKind) -> BindType {
+        use crate::store::command::BindKind;
+        match kind {
+            BindKind::Transmitter => BindType::Transmitter,
+            BindKind::Receiver => BindType::Receiver,
+            BindKind::Transceiver => BindType::Transceiver,
+        }
+    }
+}
+
 impl BindType {
     const ALL: [BindType; 3] = [
         BindType::Transmitter,
@@ -1181,8 +1192,14 @@ pub fn rejected(account: &str, status: CommandStatus) {
     global().rejected(account, status);
 }
 
-pub fn throttled(account: &str) {
-    global().inc_account(AccountCounter::Throttled, account);
+/// A customer submit answered with an error `status`; throttling is also
+/// counted on its own.
+pub fn submit_refused(account: &str, status: CommandStatus) {
+    let registry = global();
+    registry.rejected(account, status);
+    if status == CommandStatus::ESME_RTHROTTLED {
+        registry.inc_account(AccountCounter::Throttled, account);
+    }
 }
 
 pub fn submitted(connector: &str) {
@@ -1197,12 +1214,13 @@ pub fn receipt_received(connector: &str, stat: &str) {
     global().receipt(connector, stat);
 }
 
-pub fn dlr_delivered(account: &str) {
-    global().inc_account(AccountCounter::DlrsDelivered, account);
-}
-
-pub fn mo_delivered(account: &str) {
-    global().inc_account(AccountCounter::MosDelivered, account);
+/// The customer acknowledged a receipt or MO delivered to `account`.
+pub fn delivered_to_customer(account: &str, kind: crate::store::state::DeliveryKind) {
+    let counter = match kind {
+        crate::store::state::DeliveryKind::Dlr => AccountCounter::DlrsDelivered,
+        crate::store::state::DeliveryKind::Mo => AccountCounter::MosDelivered,
+    };
+    global().inc_account(counter, account);
 }
 
 pub fn count(counter: Counter) {
@@ -1236,11 +1254,16 @@ pub fn fsync_done(elapsed: Duration) {
     registry.observe_duration(Histogram::FsyncLatency, elapsed);
 }
 
-/// One log write carried `entries` entries in `bytes` bytes.
-pub fn log_batch(entries: usize, bytes: usize) {
+/// One log write (all the log thread took in one go, made durable by one
+/// sync) carried `entries` entries in `bytes` bytes. Writes of hard state
+/// alone carry no entries and are not a batch.
+pub fn log_batch(entries: u64, bytes: u64) {
+    if entries == 0 {
+        return;
+    }
     let registry = global();
-    registry.observe(Histogram::BatchEntries, entries as u64);
-    registry.observe(Histogram::BatchBytes, bytes as u64);
+    registry.observe(Histogram::BatchEntries, entries);
+    registry.observe(Histogram::BatchBytes, bytes);
 }
 
 pub fn set_raft(status: RaftStatus) {
