@@ -374,7 +374,8 @@ impl Dispatcher {
         ) else {
             let reason = format!(
                 "no route for account {} to {}",
-                accept.account, accept.destination.digits
+                accept.account,
+                crate::mask::Masked(&accept.destination.digits)
             );
             self.fail(id, status::NO_ROUTE, &reason);
             return Handed::Other;
