@@ -27,7 +27,9 @@ fn is_label_name(name: &str) -> bool {
 
 /// Parses `{a="x",b="y\"z"}` starting after the name; returns the labels and
 /// the rest of the line.
-fn parse_labels(text: &str) -> Result<(Vec<(String, String)>, &str), String> {
+type Labels = Vec<(String, String)>;
+
+fn parse_labels(text: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     let mut rest = text.strip_prefix('{').ok_or("no `{`")?;
     loop {
@@ -540,4 +542,15 @@ fn the_global_registry_renders() {
     render_prometheus(&mut out);
     parse_exposition(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert!(out.contains("tern_messages_accepted_total{account=\"global-test-account\"} "));
+}
+
+#[test]
+fn a_thread_shard_stays_small() {
+    // ARCHITECTURE.md promises about 100 KiB per recording thread.
+    let bytes = Layout::new().total * std::mem::size_of::<AtomicU64>();
+    assert!(bytes <= 112 * 1024, "{bytes} bytes per shard");
+    assert!(
+        bytes >= 80 * 1024,
+        "{bytes} bytes per shard: update the docs"
+    );
 }
