@@ -667,7 +667,8 @@ impl Registry {
                 .enumerate()
                 .filter_map(|(series, account)| {
                     let value = self.sum(at + series);
-                    (value != 0 || series < accounts.len() - 1)
+                    // `other` (last) only once something was counted under it.
+                    (value != 0 || series + 1 < accounts.len())
                         .then(|| Sample::labelled(name, &[("account", account)], value as f64))
                 })
                 .collect();
@@ -868,17 +869,19 @@ impl Registry {
         connectors: &[String],
         signed: bool,
     ) -> Vec<Sample> {
+        // `other` (last) only once something was counted under it.
         connectors
             .iter()
             .enumerate()
-            .map(|(series, connector)| {
+            .filter_map(|(series, connector)| {
                 let raw = self.sum(at + series);
                 let value = if signed {
                     raw as i64 as f64
                 } else {
                     raw as f64
                 };
-                Sample::labelled(name, &[("connector", connector)], value)
+                (raw != 0 || series + 1 < connectors.len())
+                    .then(|| Sample::labelled(name, &[("connector", connector)], value))
             })
             .collect()
     }
