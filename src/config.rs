@@ -37,6 +37,8 @@ pub struct Config {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub log: LogSection,
 }
 
 /// MO routing: messages from operators to destinations starting with
@@ -391,6 +393,24 @@ impl Default for UpstreamSection {
     }
 }
 
+/// What log lines may show.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Mask phone numbers (all but a prefix) and message text (its length
+    /// only) in log output. Off only where logs are as protected as the
+    /// messages themselves.
+    pub mask_personal_data: bool,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            mask_personal_data: true,
+        }
+    }
+}
+
 /// A configuration that cannot be used; the text names the file and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -461,6 +481,7 @@ impl Config {
                 admin_token: "trial-admin".into(),
                 ..HttpSection::default()
             },
+            log: LogSection::default(),
         }
     }
 
@@ -896,6 +917,18 @@ mod tests {
         let text = include_str!("../tern.example.toml");
         let resolved = Config::parse(text, "tern.example.toml").unwrap();
         assert!(!resolved.config.accounts.is_empty());
+    }
+
+    #[test]
+    fn log_masking_defaults_on_and_is_checked() {
+        let resolved = Config::parse("", "x.toml").unwrap();
+        assert!(resolved.config.log.mask_personal_data);
+        let off = Config::parse("[log]\nmask_personal_data = false\n", "x.toml").unwrap();
+        assert!(!off.config.log.mask_personal_data);
+        let e = Config::parse("[log]\nmask_personal_data = \"no\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("mask_personal_data"), "{e}");
+        let e = Config::parse("[log]\nmask_phone = true\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("mask_phone"), "{e}");
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub fn run_with_store(
     stop: Arc<AtomicBool>,
     on_ready: impl FnOnce(SocketAddr, StoreHandle),
 ) -> Result<(), EngineError> {
+    crate::mask::set_masking(resolved.config.log.mask_personal_data);
     let node = &resolved.config.node;
     let cores = if node.cores.is_empty() {
         runtime::available_cores()

@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::{or, poll_once};
@@ -34,6 +34,7 @@ use super::auth;
 use super::delivery::{HubEvent, Job, DELIVER_RESP_TIMEOUT_MS};
 use super::shard::Shard;
 use super::throttle::{per_core_rate, TokenBucket};
+use crate::metrics::{Gauge, Histogram};
 use crate::smpp::command::CommandId;
 use crate::smpp::frame::{Frame, FrameDecoder};
 use crate::smpp::pdu::{
@@ -76,6 +77,7 @@ struct Completion {
     request: CommandId,
     id: MessageId,
     result: Result<ApplyOutcome, ProposeError>,
+    received_at: Instant,
 }
 
 enum Event {
@@ -157,8 +159,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         closing: None,
     };
     tracing::debug!(session = session_id, %peer, "connection opened");
+    crate::metrics::gauge_add(Gauge::ConnectionsOpen, 1);
     let reason = conn.run(&mut stream, &completions_rx).await;
     tracing::debug!(session = session_id, %peer, reason, "connection closed");
+    crate::metrics::gauge_add(Gauge::ConnectionsOpen, -1);
     conn.release_deliveries().await;
     conn.release_bind().await;
     let _ = stream.close().await;
@@ -320,6 +324,14 @@ impl Connection {
     fn respond_error(&mut self, request: CommandId, sequence_number: u32, status: CommandStatus) {
         let reply = Pdu::error_response(request, sequence_number, status)
             .unwrap_or_else(|| Pdu::generic_nack(sequence_number, status));
+        if matches!(request, CommandId::SubmitSm | CommandId::DataSm) {
+            crate::metrics::submit_refused(
+                self.bound
+                    .as_ref()
+                    .map_or("unbound", |b| b.account.as_str()),
+                status,
+            );
+        }
         self.push(&reply);
     }
 
@@ -426,6 +438,7 @@ impl Connection {
                     ?kind,
                     "bound"
                 );
+                crate::metrics::binds_open_add(&bound.account, kind.into(), 1);
                 let receiving = kind.receives().then(|| bound.account.clone());
                 self.bound = Some(bound);
                 let body = bind_resp_body(response_id);
@@ -606,6 +619,7 @@ impl Connection {
     }
 
     fn accept(&mut self, request: CommandId, sequence_number: u32, fields: MessageFields<'_>) {
+        let received_at = Instant::now();
         let Some(bound) = &self.bound else {
             self.respond_error(request, sequence_number, S::ESME_RINVBNDSTS);
             return;
@@ -670,6 +684,7 @@ impl Connection {
             scheduled_at_ms,
         })
         .encode();
+        let proposed_at = Instant::now();
         let pending = match self.shard.store().try_propose(command) {
             Ok(pending) => pending,
             Err(e) => {
@@ -689,6 +704,7 @@ impl Connection {
         let shard = Rc::clone(&self.shard);
         glommio::spawn_local(async move {
             let result = pending.outcome().await;
+            crate::metrics::observe_duration(Histogram::CommitLatency, proposed_at.elapsed());
             shard.release_in_flight();
             // The connection may be gone; its customer then never saw an ack.
             let _ = tx
@@ -697,6 +713,7 @@ impl Connection {
                     request,
                     id,
                     result,
+                    received_at,
                 })
                 .await;
         })
@@ -710,6 +727,7 @@ impl Connection {
             request,
             id,
             result,
+            received_at,
         } = completion;
         let status = match result {
             Ok(ApplyOutcome::Accepted(committed) | ApplyOutcome::Duplicate(committed)) => {
@@ -730,9 +748,13 @@ impl Connection {
                 S::ESME_RSYSERR
             }
         };
+        crate::metrics::observe_duration(Histogram::SubmitLatency, received_at.elapsed());
         if status != S::ESME_ROK {
             self.respond_error(request, sequence_number, status);
             return;
+        }
+        if let Some(bound) = &self.bound {
+            crate::metrics::accepted(&bound.account);
         }
         let message_id = message_id_field(id);
         let body = if request == CommandId::DataSm {
@@ -880,6 +902,9 @@ impl Connection {
             },
             ResponseMatch::Mismatched { .. } | ResponseMatch::Unknown { .. } => return,
         };
+        if let (HubEvent::Acked { kind, .. }, Some(bound)) = (&event, &self.bound) {
+            crate::metrics::delivered_to_customer(&bound.account, *kind);
+        }
         self.shard.delivery().send(event).await;
     }
 
@@ -920,6 +945,7 @@ impl Connection {
         let Some(bound) = self.bound.take() else {
             return;
         };
+        crate::metrics::binds_open_add(&bound.account, bound.kind.into(), -1);
         let closed = Command::BindClosed {
             node: self.shard.node_id(),
             session: self.session_id,

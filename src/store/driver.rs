@@ -44,6 +44,7 @@ use super::state::{AppState, ApplyOutcome, Effect};
 use super::transport::{Transport, TransportConfig};
 use super::wal::{FsDisk, LogOptions, RaftLog};
 use super::{StateMachine, StoreError};
+use crate::metrics::{Histogram, RaftStatus};
 
 /// Everything a node needs to run its store.
 #[derive(Clone)]
@@ -988,6 +989,12 @@ impl Driver {
         m.term.store(core.term, Ordering::Relaxed);
         m.commit_index.store(core.commit_index, Ordering::Relaxed);
         m.applied_index.store(core.applied_index, Ordering::Relaxed);
+        crate::metrics::set_raft(RaftStatus {
+            term: core.term,
+            commit_index: core.commit_index,
+            applied_index: core.applied_index,
+            leader_id: core.leader_id,
+        });
         m.proposals_synced
             .store(core.proposals_batched, Ordering::Relaxed);
         m.snapshots_installed
@@ -1134,8 +1141,13 @@ fn log_thread(
                 Err(_) => break,
             }
         }
+        let before = log.stats();
         let result = run_log_jobs(&mut log, &mut batch);
         let stats = log.stats();
+        crate::metrics::log_batch(
+            stats.entries.saturating_sub(before.entries),
+            stats.bytes.saturating_sub(before.bytes),
+        );
         metrics.log_syncs.store(stats.syncs, Ordering::Relaxed);
         metrics
             .log_entries_synced
@@ -1266,6 +1278,7 @@ impl SnapshotWriter {
             .name(format!("tern-snap-{node_id}"))
             .spawn(move || {
                 for (metadata, state) in job_rx {
+                    let started = Instant::now();
                     let result = metadata
                         .get_conf_state()
                         .write_to_bytes()
@@ -1275,6 +1288,10 @@ impl SnapshotWriter {
                         })
                         .map(|()| metadata.index)
                         .map_err(|e| e.to_string());
+                    crate::metrics::observe_duration(
+                        Histogram::SnapshotDuration,
+                        started.elapsed(),
+                    );
                     if done_tx.send(result).is_err() {
                         return;
                     }

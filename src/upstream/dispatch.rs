@@ -18,6 +18,7 @@ use rand::Rng;
 use super::bind::{propose_until_committed, MAX_QUEUED_MS};
 use super::{is_temporary, status, unix_now_ms, ConnectorShared, Job, Outcome};
 use crate::config::UpstreamSection;
+use crate::metrics::Counter;
 use crate::routing::{candidates, RoutingTable};
 use crate::store::command::{Accept, Command, Route};
 use crate::store::driver::StoreHandle;
@@ -386,7 +387,8 @@ impl Dispatcher {
         ) else {
             let reason = format!(
                 "no route for account {} to {}",
-                accept.account, accept.destination.digits
+                accept.account,
+                crate::mask::Masked(&accept.destination.digits)
             );
             self.fail(id, status::NO_ROUTE, &reason);
             return Handed::Other;
@@ -522,6 +524,11 @@ impl Dispatcher {
     /// `SubmitFailed{permanent}`.
     fn fail(&mut self, id: MessageId, status: u32, reason: &str) {
         tracing::warn!(%id, status = format_args!("0x{status:08X}"), "message failed: {reason}");
+        crate::metrics::count(if status == status::EXPIRED {
+            Counter::MessagesExpired
+        } else {
+            Counter::MessagesFailed
+        });
         let at_ms = unix_now_ms();
         // An ended validity is the state machine's EXPIRED (the customer's
         // DLR says so); everything else is a failed submission.

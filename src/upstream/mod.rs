@@ -264,6 +264,10 @@ async fn run_core(
             return;
         }
     };
+    glommio::spawn_local(crate::metrics::sample_executor_load(
+        std::time::Duration::from_secs(1),
+    ))
+    .detach();
     let mut tasks = Vec::with_capacity(binds.len() + 1);
     for spec in binds {
         tasks.push(glommio::spawn_local(bind::run(
