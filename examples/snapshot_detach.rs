@@ -40,6 +40,8 @@ fn accept(n: u64) -> Option<Command> {
         received_at_ms: 1_764_072_000_000 + n,
         validity_until_ms: None,
         owner_node: 1,
+        client_ref: None,
+        scheduled_at_ms: None,
     }))
 }
 
@@ -60,6 +62,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         retention_s: 0,
         enabled: true,
         webhook_url: None,
+        api_key_hash: None,
+        webhook_secret: None,
+        window: 0,
     })
     .encode();
     state.apply(1, &[account.as_slice()]);

@@ -31,6 +31,9 @@ fn setup_commands() -> Vec<Vec<u8>> {
             retention_s: 0,
             enabled: true,
             webhook_url: None,
+            api_key_hash: None,
+            webhook_secret: None,
+            window: 0,
         })
         .encode(),
         Command::BindOpened {
@@ -78,6 +81,8 @@ fn lifecycle_commands(lifecycles: u64) -> Result<Vec<Vec<u8>>, Box<dyn std::erro
                     received_at_ms: 1_764_072_000_000 + n as u64,
                     validity_until_ms: None,
                     owner_node: 1,
+                    client_ref: None,
+                    scheduled_at_ms: None,
                 })
                 .encode(),
             );

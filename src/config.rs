@@ -31,8 +31,49 @@ pub struct Config {
     pub connectors: Vec<ConnectorConfig>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    #[serde(default, rename = "number_range")]
+    pub number_ranges: Vec<NumberRangeConfig>,
     #[serde(default)]
     pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// MO routing: messages from operators to destinations starting with
+/// `prefix` belong to `account`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumberRangeConfig {
+    pub name: String,
+    pub prefix: String,
+    pub account: String,
+}
+
+/// The HTTP face of the node: customer API, admin API, metrics and health.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Customer API, /metrics, /health and /ready; "" = no HTTP at all.
+    pub listen: String,
+    /// A separate address for /admin/...; "" = the admin API shares `listen`.
+    pub admin_listen: String,
+    /// Bearer token of the admin API; "" = the admin API is off.
+    pub admin_token: String,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: u32,
+}
+
+impl Default for HttpSection {
+    fn default() -> HttpSection {
+        HttpSection {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: String::new(),
+            admin_token: String::new(),
+            max_body_bytes: 1 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -147,9 +188,18 @@ pub struct AccountConfig {
     /// ... or an already hashed one (`tern$hmac-sha256$SALT$HASH`, hex).
     #[serde(default)]
     pub password_hash: Option<String>,
-    /// Key for the HTTP API (kept in the configuration for the HTTP listener).
+    /// Key for the HTTP API (hashed before it reaches the log) ...
     #[serde(default)]
     pub api_key: Option<String>,
+    /// ... or an already hashed one (same form as `password_hash`).
+    #[serde(default)]
+    pub api_key_hash: Option<String>,
+    /// Where DLRs and MOs are POSTed (HTTP customers); none = SMPP binds.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Key of the HMAC-SHA256 signature on webhook bodies.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
     /// Open binds across the cluster; 0 = unlimited.
     #[serde(default)]
     pub max_binds: u32,
@@ -218,9 +268,22 @@ pub struct ConnectorConfig {
     /// meaning: GSM text to a Latin-1 operator goes out as 0xF1.
     #[serde(default = "default_alphabet_name")]
     pub default_alphabet: String,
+    /// How messages longer than one short_message go out: `as-submitted`
+    /// (as the customer sent them), `udh` (segments with concatenation UDH),
+    /// `sar` (segments with SAR TLVs) or `payload` (one submit_sm with
+    /// message_payload).
+    #[serde(default = "default_long_messages")]
+    pub long_messages: String,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
 }
+
+fn default_long_messages() -> String {
+    "as-submitted".into()
+}
+
+/// The values `long_messages` may take.
+pub const LONG_MESSAGE_MODES: [&str; 4] = ["as-submitted", "udh", "sar", "payload"];
 
 fn default_alphabet_name() -> String {
     "gsm7".into()
@@ -341,6 +404,24 @@ impl Default for UpstreamSection {
     }
 }
 
+/// What log lines may show.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Mask phone numbers (all but a prefix) and message text (its length
+    /// only) in log output. Off only where logs are as protected as the
+    /// messages themselves.
+    pub mask_personal_data: bool,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            mask_personal_data: true,
+        }
+    }
+}
+
 /// A configuration that cannot be used; the text names the file and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -370,6 +451,10 @@ pub struct Resolved {
     pub smpp_listen: SocketAddr,
     pub store_listen: SocketAddr,
     pub peers: Vec<(u64, SocketAddr)>,
+    /// Where the HTTP API listens; `None` when `http.listen` is "".
+    pub http_listen: Option<SocketAddr>,
+    /// Where the admin API listens when apart from `http_listen`.
+    pub http_admin_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -386,6 +471,9 @@ impl Config {
                 password: Some("trial".into()),
                 password_hash: None,
                 api_key: Some("trial".into()),
+                api_key_hash: None,
+                webhook_url: None,
+                webhook_secret: None,
                 max_binds: 0,
                 allowed_ips: vec!["127.0.0.0/8".into(), "::1/128".into()],
                 allowed_senders: Vec::new(),
@@ -395,10 +483,16 @@ impl Config {
             }],
             connectors: Vec::new(),
             routes: Vec::new(),
+            number_ranges: Vec::new(),
             upstream: UpstreamSection {
                 embedded_simulator: true,
                 ..UpstreamSection::default()
             },
+            http: HttpSection {
+                admin_token: "trial-admin".into(),
+                ..HttpSection::default()
+            },
+            log: LogSection::default(),
         }
     }
 
@@ -538,6 +632,34 @@ impl Config {
                     ))
                 }
             }
+            if account.api_key.is_some() && account.api_key_hash.is_some() {
+                return Err(error(
+                    &key("api_key"),
+                    "give at most one of `api_key` and `api_key_hash`".into(),
+                ));
+            }
+            if let Some(k) = &account.api_key {
+                if k.is_empty() || k.len() > 256 {
+                    return Err(error(&key("api_key"), "must be 1..=256 characters".into()));
+                }
+            }
+            if let Some(h) = &account.api_key_hash {
+                if !crate::engine::auth::is_password_hash(h) {
+                    return Err(error(
+                        &key("api_key_hash"),
+                        "not of the form tern$hmac-sha256$SALT$HASH".into(),
+                    ));
+                }
+            }
+            if let Some(url) = &account.webhook_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048
+                {
+                    return Err(error(
+                        &key("webhook_url"),
+                        format!("`{url}` is not an http:// or https:// URL"),
+                    ));
+                }
+            }
             for (j, cidr) in account.allowed_ips.iter().enumerate() {
                 if crate::engine::auth::Cidr::parse(cidr).is_none() {
                     return Err(error(
@@ -548,7 +670,50 @@ impl Config {
             }
         }
         self.check_upstream(&error)?;
+        let mut range_names = std::collections::BTreeSet::new();
+        for (i, range) in self.number_ranges.iter().enumerate() {
+            let key = |field: &str| format!("number_range[{i}].{field}");
+            if range.name.is_empty() || range.name.len() > 64 {
+                return Err(error(&key("name"), "must be 1..=64 characters".into()));
+            }
+            if !range_names.insert(range.name.as_str()) {
+                return Err(error(
+                    &key("name"),
+                    format!("`{}` appears twice", range.name),
+                ));
+            }
+            if range.prefix.is_empty()
+                || range.prefix.len() > 21
+                || !range
+                    .prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+            {
+                return Err(error(
+                    &key("prefix"),
+                    "must be 1..=21 digits (or letters, for alphanumeric addresses)".into(),
+                ));
+            }
+            if range.account.is_empty() {
+                return Err(error(&key("account"), "names no account".into()));
+            }
+        }
+        let http_listen = if self.http.listen.is_empty() {
+            None
+        } else {
+            Some(parse_addr(&self.http.listen).map_err(|m| error("http.listen", m))?)
+        };
+        let http_admin_listen = if self.http.admin_listen.is_empty() {
+            None
+        } else {
+            Some(parse_addr(&self.http.admin_listen).map_err(|m| error("http.admin_listen", m))?)
+        };
+        if self.http.max_body_bytes < 1024 {
+            return Err(error("http.max_body_bytes", "must be at least 1024".into()));
+        }
         Ok(Resolved {
+            http_listen,
+            http_admin_listen,
             config: self,
             smpp_listen,
             store_listen,
@@ -653,6 +818,12 @@ impl Config {
                 return Err(error(
                     &key("default_alphabet"),
                     "must be `gsm7`, `latin1` or `ascii`".into(),
+                ));
+            }
+            if !LONG_MESSAGE_MODES.contains(&c.long_messages.as_str()) {
+                return Err(error(
+                    &key("long_messages"),
+                    "must be `as-submitted`, `udh`, `sar` or `payload`".into(),
                 ));
             }
             if c.binds == 0 || c.binds > 256 {
@@ -804,6 +975,18 @@ mod tests {
         let text = include_str!("../tern.example.toml");
         let resolved = Config::parse(text, "tern.example.toml").unwrap();
         assert!(!resolved.config.accounts.is_empty());
+    }
+
+    #[test]
+    fn log_masking_defaults_on_and_is_checked() {
+        let resolved = Config::parse("", "x.toml").unwrap();
+        assert!(resolved.config.log.mask_personal_data);
+        let off = Config::parse("[log]\nmask_personal_data = false\n", "x.toml").unwrap();
+        assert!(!off.config.log.mask_personal_data);
+        let e = Config::parse("[log]\nmask_personal_data = \"no\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("mask_personal_data"), "{e}");
+        let e = Config::parse("[log]\nmask_phone = true\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("mask_phone"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod mask;
+pub mod metrics;
 pub mod peer;
 pub mod rng;
 pub mod routing;

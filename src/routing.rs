@@ -1,23 +1,16 @@
 //! Routing: which operator connectors a message may go to, in which order.
 //!
-//! Owns: `RoutingTable` (rules built from the replicated routes plus this
-//! node's route extras from the configuration: source prefix, per-connector
-//! priority and weight), the choice of a rule for a message and the ordered
-//! candidate connectors for one attempt. Must not touch: sockets, the store
-//! (callers hand in the routes they read) or connector state (callers say
-//! which connectors are usable).
+//! Owns: `RoutingTable` (rules built from the replicated routes: account,
+//! destination and source prefixes, per-connector priority and weight), the
+//! choice of a rule for a message and the ordered candidate connectors for
+//! one attempt. Must not touch: sockets, the store (callers hand in the routes
+//! they read) or connector state (callers say which connectors are usable).
 //!
 //! The rule order is `AppState::route_for`'s (longest destination prefix,
-//! then account-specific over generic, then lower priority, then name), with
-//! one more filter: a rule with a source prefix only matches sources that
-//! start with it. A unit test keeps the two in agreement.
-//!
-//! Why the extras are node-local: the replicated `Route` (log format
-//! version one) carries an ordered connector list but no weights and no source. The
-//! replicated order is the failover order; weights and source rules come
-//! from each node's configuration, which must therefore agree across nodes.
+//! then account-specific over generic, then lower priority, then name, among
+//! rules whose source prefix matches). A unit test keeps the two in
+//! agreement. Everything comes from the log, so every node routes alike.
 
-use crate::config::{RouteConfig, RouteTargetConfig};
 use crate::store::command::Route;
 
 /// One connector of a rule.
@@ -56,46 +49,25 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// Rules from the replicated `routes`; a route the configuration also
-    /// names takes its source prefix, and its priorities and weights when the
-    /// configuration lists the same connectors.
-    pub fn build<'a>(
-        routes: impl IntoIterator<Item = &'a Route>,
-        extras: &[RouteConfig],
-    ) -> RoutingTable {
+    /// Rules from the replicated `routes`.
+    pub fn build<'a>(routes: impl IntoIterator<Item = &'a Route>) -> RoutingTable {
         let rules = routes
             .into_iter()
-            .map(|route| {
-                let extra = extras.iter().find(|e| e.name == route.name);
-                let configured = extra.map(RouteConfig::resolved_targets);
-                let targets = match configured {
-                    Some(targets) if same_connectors(&targets, &route.connectors) => targets
-                        .into_iter()
-                        .map(|t| Target {
-                            connector: t.connector,
-                            priority: t.priority,
-                            weight: t.weight.max(1),
-                        })
-                        .collect(),
-                    _ => route
-                        .connectors
-                        .iter()
-                        .zip(0u32..)
-                        .map(|(name, priority)| Target {
-                            connector: name.clone(),
-                            priority,
-                            weight: 1,
-                        })
-                        .collect(),
-                };
-                Rule {
-                    name: route.name.clone(),
-                    account: route.account.clone(),
-                    destination_prefix: route.destination_prefix.clone(),
-                    source_prefix: extra.map(|e| e.source.clone()).unwrap_or_default(),
-                    priority: route.priority,
-                    targets,
-                }
+            .map(|route| Rule {
+                name: route.name.clone(),
+                account: route.account.clone(),
+                destination_prefix: route.destination_prefix.clone(),
+                source_prefix: route.source_prefix.clone(),
+                priority: route.priority,
+                targets: route
+                    .targets
+                    .iter()
+                    .map(|t| Target {
+                        connector: t.connector.clone(),
+                        priority: t.priority,
+                        weight: t.weight.max(1),
+                    })
+                    .collect(),
             })
             .collect();
         RoutingTable { rules }
@@ -119,11 +91,6 @@ impl RoutingTable {
                     .then(a.name.cmp(&b.name))
             })
     }
-}
-
-/// Whether the configured targets name exactly the replicated connectors.
-fn same_connectors(targets: &[RouteTargetConfig], connectors: &[String]) -> bool {
-    targets.len() == connectors.len() && targets.iter().all(|t| connectors.contains(&t.connector))
 }
 
 /// The connectors to try for one attempt, best first, into `out` (indices
@@ -180,7 +147,7 @@ pub fn candidates(rule: &Rule, key: u64, usable: impl Fn(&str) -> bool, out: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::command::Command;
+    use crate::store::command::{Command, RouteTarget};
     use crate::store::state::AppState;
 
     fn route(name: &str, account: Option<&str>, prefix: &str, priority: u32, c: &[&str]) -> Route {
@@ -188,8 +155,17 @@ mod tests {
             name: name.into(),
             account: account.map(str::to_string),
             destination_prefix: prefix.into(),
+            source_prefix: String::new(),
             priority,
-            connectors: c.iter().map(|s| s.to_string()).collect(),
+            targets: c
+                .iter()
+                .zip(0u32..)
+                .map(|(name, priority)| RouteTarget {
+                    connector: name.to_string(),
+                    priority,
+                    weight: 1,
+                })
+                .collect(),
         }
     }
 
@@ -204,19 +180,31 @@ mod tests {
     }
 
     #[test]
-    fn agrees_with_the_store_when_no_source_rules() {
+    fn agrees_with_the_store() {
         let mut state = AppState::new();
-        for r in sample_routes() {
+        let mut routes = sample_routes();
+        let mut branded = route("uk-brand", None, "447", 0, &["c"]);
+        branded.source_prefix = "ACME".into();
+        routes.push(branded);
+        for r in routes {
             state.apply_command(Command::UpsertRoute(r));
         }
-        let table = RoutingTable::build(state.routes(), &[]);
+        let table = RoutingTable::build(state.routes());
         for account in ["acme", "other"] {
-            for dst in ["", "1", "44", "4412", "447", "447700", "33"] {
-                let ours = table.rule_for(account, "SRC", dst).map(|r| r.name.as_str());
-                let store = state.route_for(account, dst).map(|r| r.name.as_str());
-                assert_eq!(ours, store, "account {account} dst {dst}");
+            for src in ["SRC", "ACMEBANK"] {
+                for dst in ["", "1", "44", "4412", "447", "447700", "33"] {
+                    let ours = table.rule_for(account, src, dst).map(|r| r.name.as_str());
+                    let store = state.route_for(account, src, dst).map(|r| r.name.as_str());
+                    assert_eq!(ours, store, "account {account} src {src} dst {dst}");
+                }
             }
         }
+        assert_eq!(
+            table
+                .rule_for("x", "ACMEBANK", "447700")
+                .map(|r| r.name.as_str()),
+            Some("uk-brand")
+        );
         assert_eq!(
             table
                 .rule_for("acme", "x", "447700")
@@ -231,50 +219,27 @@ mod tests {
 
     #[test]
     fn source_prefix_filters_and_nothing_matches_gives_none() {
-        let routes = vec![route("brand", None, "33", 0, &["a"])];
-        let extras = vec![RouteConfig {
-            name: "brand".into(),
-            account: None,
-            prefix: "33".into(),
-            source: "ACME".into(),
-            priority: 0,
-            connectors: vec!["a".into()],
-            targets: Vec::new(),
-        }];
-        let table = RoutingTable::build(&routes, &extras);
+        let mut brand = route("brand", None, "33", 0, &["a"]);
+        brand.source_prefix = "ACME".into();
+        let routes = vec![brand];
+        let table = RoutingTable::build(&routes);
         assert!(table.rule_for("x", "ACMEBANK", "3361").is_some());
         assert!(table.rule_for("x", "OTHER", "3361").is_none());
         assert!(table.rule_for("x", "ACME", "4461").is_none());
     }
 
     fn weighted_rule() -> Rule {
-        let routes = vec![route("w", None, "", 0, &["a", "b", "c"])];
-        let extras = vec![RouteConfig {
-            name: "w".into(),
-            account: None,
-            prefix: String::new(),
-            source: String::new(),
-            priority: 0,
-            connectors: Vec::new(),
-            targets: vec![
-                RouteTargetConfig {
-                    connector: "a".into(),
-                    priority: 0,
-                    weight: 3,
-                },
-                RouteTargetConfig {
-                    connector: "b".into(),
-                    priority: 0,
-                    weight: 1,
-                },
-                RouteTargetConfig {
-                    connector: "c".into(),
-                    priority: 1,
-                    weight: 1,
-                },
-            ],
-        }];
-        let table = RoutingTable::build(&routes, &extras);
+        let mut w = route("w", None, "", 0, &["a", "b", "c"]);
+        w.targets = [("a", 0, 3), ("b", 0, 1), ("c", 1, 1)]
+            .into_iter()
+            .map(|(connector, priority, weight)| RouteTarget {
+                connector: connector.into(),
+                priority,
+                weight,
+            })
+            .collect();
+        let routes = vec![w];
+        let table = RoutingTable::build(&routes);
         table.rules.first().cloned().expect("one rule")
     }
 
@@ -302,24 +267,5 @@ mod tests {
         assert_eq!(out, vec![2]);
         candidates(&rule, 7, |_| false, &mut out);
         assert!(out.is_empty());
-    }
-
-    #[test]
-    fn configured_targets_that_disagree_with_the_store_fall_back_to_its_order() {
-        let routes = vec![route("r", None, "", 0, &["x", "y"])];
-        let extras = vec![RouteConfig {
-            name: "r".into(),
-            account: None,
-            prefix: String::new(),
-            source: String::new(),
-            priority: 0,
-            connectors: vec!["x".into(), "z".into()],
-            targets: Vec::new(),
-        }];
-        let table = RoutingTable::build(&routes, &extras);
-        let rule = table.rule_for("a", "s", "1").expect("rule");
-        let names: Vec<_> = rule.targets.iter().map(|t| t.connector.as_str()).collect();
-        assert_eq!(names, ["x", "y"]);
-        assert_eq!(rule.targets[1].priority, 1);
     }
 }

@@ -30,6 +30,9 @@ fn build_log(seed: u64, entries: usize) -> Vec<Vec<Vec<u8>>> {
             retention_s: 0,
             enabled: true,
             webhook_url: None,
+            api_key_hash: None,
+            webhook_secret: None,
+            window: 0,
         })
         .encode(),
         Command::NodeUp {
@@ -73,6 +76,8 @@ fn build_log(seed: u64, entries: usize) -> Vec<Vec<Vec<u8>>> {
                         received_at_ms: rng.gen_range(0..1_000),
                         validity_until_ms: None,
                         owner_node: rng.gen_range(1..=2),
+                        client_ref: None,
+                        scheduled_at_ms: None,
                     })
                 }
                 4..=5 if !accepted.is_empty() => {

@@ -1001,6 +1001,9 @@ mod tests {
             retention_s: 0,
             enabled: true,
             webhook_url: None,
+            api_key_hash: None,
+            webhook_secret: None,
+            window: 0,
         };
         let commands = [
             Command::NodeUp {
@@ -1023,6 +1026,8 @@ mod tests {
                 received_at_ms: 1_000,
                 validity_until_ms: None,
                 owner_node: 1,
+                client_ref: None,
+                scheduled_at_ms: None,
             }),
             Command::Submitted {
                 id,

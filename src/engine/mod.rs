@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{AccountConfig, Resolved};
+use crate::config::{AccountConfig, NumberRangeConfig, Resolved};
 use crate::runtime;
-use crate::store::command::{Account, Command};
+use crate::store::command::{Account, Command, NumberRange};
 use crate::store::driver::{ProposeError, Store, StoreConfig, StoreHandle};
 use crate::store::retention::RetentionConfig;
 use crate::store::state::ApplyOutcome;
@@ -129,6 +129,7 @@ pub fn run_with_store(
     stop: Arc<AtomicBool>,
     on_ready: impl FnOnce(SocketAddr, StoreHandle),
 ) -> Result<(), EngineError> {
+    crate::mask::set_masking(resolved.config.log.mask_personal_data);
     let node = &resolved.config.node;
     let cores = if node.cores.is_empty() {
         runtime::available_cores()
@@ -189,6 +190,7 @@ fn serve_with_store(
     let node_id = resolved.config.node.id;
     let epoch = announce_node(handle, node_id, stop)?;
     provision_accounts(handle, &resolved.config.accounts, stop)?;
+    provision_number_ranges(handle, &resolved.config.number_ranges, stop)?;
     let settings = SessionSettings::from_config(resolved);
 
     let mut executors = Vec::with_capacity(cores.len());
@@ -355,6 +357,11 @@ fn provision_accounts(
             (Some(password), None) => auth::hash_password(password),
             (None, None) => String::new(),
         };
+        let api_key_hash = match (&wanted.api_key, &wanted.api_key_hash) {
+            (_, Some(hash)) => Some(hash.clone()),
+            (Some(key), None) => Some(auth::hash_password(key)),
+            (None, None) => None,
+        };
         let account = Account {
             name: wanted.system_id.clone(),
             password_hash,
@@ -364,7 +371,10 @@ fn provision_accounts(
             allowed_senders: wanted.allowed_senders.clone(),
             retention_s: existing.as_ref().map_or(0, |e| e.retention_s),
             enabled: wanted.enabled,
-            webhook_url: existing.as_ref().and_then(|e| e.webhook_url.clone()),
+            webhook_url: wanted.webhook_url.clone(),
+            api_key_hash,
+            webhook_secret: wanted.webhook_secret.clone(),
+            window: wanted.window,
         };
         match propose_until_committed(handle, &Command::UpsertAccount(account), stop)? {
             ApplyOutcome::Applied => {
@@ -381,6 +391,41 @@ fn provision_accounts(
     Ok(())
 }
 
+/// Makes the replicated number ranges match the configuration for every
+/// range it names (others, e.g. made through an admin API, stay).
+fn provision_number_ranges(
+    handle: &StoreHandle,
+    ranges: &[NumberRangeConfig],
+    stop: &AtomicBool,
+) -> Result<(), EngineError> {
+    for wanted in ranges {
+        let record = NumberRange {
+            name: wanted.name.clone(),
+            prefix: wanted.prefix.clone(),
+            account: wanted.account.clone(),
+        };
+        let name = wanted.name.clone();
+        let stored = handle
+            .query_blocking(move |state| state.number_ranges().find(|r| r.name == name).cloned())
+            .map_err(|e| EngineError::Store(e.to_string()))?;
+        if stored.as_ref() == Some(&record) {
+            continue;
+        }
+        match propose_until_committed(handle, &Command::UpsertNumberRange(record), stop)? {
+            ApplyOutcome::Applied => {
+                tracing::info!(range = wanted.name.as_str(), "number range provisioned")
+            }
+            other => {
+                return Err(EngineError::Store(format!(
+                    "number range {}: {other:?}",
+                    wanted.name
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether the stored account already says what the configuration says (a
 /// plain password is checked against the stored hash, whose salt differs).
 fn account_matches(stored: &Account, wanted: &AccountConfig) -> bool {
@@ -389,7 +434,17 @@ fn account_matches(stored: &Account, wanted: &AccountConfig) -> bool {
         (Some(password), None) => auth::verify_password(password.as_bytes(), &stored.password_hash),
         (None, None) => false,
     };
+    let api_key_same = match (&wanted.api_key, &wanted.api_key_hash, &stored.api_key_hash) {
+        (_, Some(hash), Some(stored_hash)) => hash == stored_hash,
+        (Some(key), None, Some(stored_hash)) => auth::verify_password(key.as_bytes(), stored_hash),
+        (None, None, None) => true,
+        _ => false,
+    };
     password_same
+        && api_key_same
+        && stored.webhook_url == wanted.webhook_url
+        && stored.webhook_secret == wanted.webhook_secret
+        && stored.window == wanted.window
         && stored.max_binds == wanted.max_binds
         && stored.throughput_per_s == wanted.max_tps
         && stored.allowed_ips == wanted.allowed_ips
@@ -415,8 +470,14 @@ mod tests {
             retention_s: 0,
             enabled: true,
             webhook_url: None,
+            api_key_hash: Some(auth::hash_password("trial")),
+            webhook_secret: None,
+            window: 0,
         };
         assert!(account_matches(&stored, &wanted));
+        let mut changed = wanted.clone();
+        changed.api_key = Some("rotated".into());
+        assert!(!account_matches(&stored, &changed));
         let mut changed = wanted.clone();
         changed.password = Some("other".into());
         assert!(!account_matches(&stored, &changed));

@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::{or, poll_once};
@@ -34,6 +34,7 @@ use super::auth;
 use super::delivery::{HubEvent, Job, DELIVER_RESP_TIMEOUT_MS};
 use super::shard::Shard;
 use super::throttle::{per_core_rate, TokenBucket};
+use crate::metrics::{Gauge, Histogram};
 use crate::smpp::command::CommandId;
 use crate::smpp::frame::{Frame, FrameDecoder};
 use crate::smpp::pdu::{
@@ -77,6 +78,7 @@ struct Completion {
     request: CommandId,
     id: MessageId,
     result: Result<ApplyOutcome, ProposeError>,
+    received_at: Instant,
 }
 
 enum Event {
@@ -158,8 +160,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         closing: None,
     };
     tracing::debug!(session = session_id, %peer, "connection opened");
+    crate::metrics::gauge_add(Gauge::ConnectionsOpen, 1);
     let reason = conn.run(&mut stream, &completions_rx).await;
     tracing::debug!(session = session_id, %peer, reason, "connection closed");
+    crate::metrics::gauge_add(Gauge::ConnectionsOpen, -1);
     conn.release_deliveries().await;
     conn.release_bind().await;
     let _ = stream.close().await;
@@ -321,6 +325,14 @@ impl Connection {
     fn respond_error(&mut self, request: CommandId, sequence_number: u32, status: CommandStatus) {
         let reply = Pdu::error_response(request, sequence_number, status)
             .unwrap_or_else(|| Pdu::generic_nack(sequence_number, status));
+        if matches!(request, CommandId::SubmitSm | CommandId::DataSm) {
+            crate::metrics::submit_refused(
+                self.bound
+                    .as_ref()
+                    .map_or("unbound", |b| b.account.as_str()),
+                status,
+            );
+        }
         self.push(&reply);
     }
 
@@ -427,6 +439,7 @@ impl Connection {
                     ?kind,
                     "bound"
                 );
+                crate::metrics::binds_open_add(&bound.account, kind.into(), 1);
                 let receiving = kind.receives().then(|| bound.account.clone());
                 self.bound = Some(bound);
                 let body = bind_resp_body(response_id);
@@ -571,6 +584,7 @@ impl Connection {
             payload: sm.message(),
             segment: segment_of(sm),
             validity: sm.validity_period.as_bytes(),
+            schedule: sm.schedule_delivery_time.as_bytes(),
         };
         self.accept(CommandId::SubmitSm, sequence_number, fields);
     }
@@ -600,11 +614,13 @@ impl Connection {
             payload: sm.tlvs.message_payload().unwrap_or_default(),
             segment,
             validity: b"",
+            schedule: b"",
         };
         self.accept(CommandId::DataSm, sequence_number, fields);
     }
 
     fn accept(&mut self, request: CommandId, sequence_number: u32, fields: MessageFields<'_>) {
+        let received_at = Instant::now();
         let Some(bound) = &self.bound else {
             self.respond_error(request, sequence_number, S::ESME_RINVBNDSTS);
             return;
@@ -620,6 +636,13 @@ impl Connection {
         }
         let received_at_ms = unix_now_ms();
         let validity_until_ms = match parse_validity(fields.validity, received_at_ms) {
+            Ok(v) => v,
+            Err(status) => {
+                self.respond_error(request, sequence_number, status);
+                return;
+            }
+        };
+        let scheduled_at_ms = match parse_schedule(fields.schedule, received_at_ms) {
             Ok(v) => v,
             Err(status) => {
                 self.respond_error(request, sequence_number, status);
@@ -658,8 +681,11 @@ impl Connection {
             received_at_ms,
             validity_until_ms,
             owner_node: self.shard.node_id(),
+            client_ref: None,
+            scheduled_at_ms,
         })
         .encode();
+        let proposed_at = Instant::now();
         let pending = match self.shard.store().try_propose(command) {
             Ok(pending) => pending,
             Err(e) => {
@@ -679,6 +705,7 @@ impl Connection {
         let shard = Rc::clone(&self.shard);
         glommio::spawn_local(async move {
             let result = pending.outcome().await;
+            crate::metrics::observe_duration(Histogram::CommitLatency, proposed_at.elapsed());
             shard.release_in_flight();
             // The connection may be gone; its customer then never saw an ack.
             let _ = tx
@@ -687,6 +714,7 @@ impl Connection {
                     request,
                     id,
                     result,
+                    received_at,
                 })
                 .await;
         })
@@ -700,6 +728,7 @@ impl Connection {
             request,
             id,
             result,
+            received_at,
         } = completion;
         let status = match result {
             Ok(ApplyOutcome::Accepted(committed) | ApplyOutcome::Duplicate(committed)) => {
@@ -720,9 +749,13 @@ impl Connection {
                 S::ESME_RSYSERR
             }
         };
+        crate::metrics::observe_duration(Histogram::SubmitLatency, received_at.elapsed());
         if status != S::ESME_ROK {
             self.respond_error(request, sequence_number, status);
             return;
+        }
+        if let Some(bound) = &self.bound {
+            crate::metrics::accepted(&bound.account);
         }
         let message_id = message_id_field(id);
         let body = if request == CommandId::DataSm {
@@ -907,6 +940,9 @@ impl Connection {
             },
             ResponseMatch::Mismatched { .. } | ResponseMatch::Unknown { .. } => return,
         };
+        if let (HubEvent::Acked { kind, .. }, Some(bound)) = (&event, &self.bound) {
+            crate::metrics::delivered_to_customer(&bound.account, *kind);
+        }
         self.shard.delivery().send(event).await;
     }
 
@@ -947,6 +983,7 @@ impl Connection {
         let Some(bound) = self.bound.take() else {
             return;
         };
+        crate::metrics::binds_open_add(&bound.account, bound.kind.into(), -1);
         let closed = Command::BindClosed {
             node: self.shard.node_id(),
             session: self.session_id,
@@ -981,6 +1018,8 @@ struct MessageFields<'a> {
     payload: Bytes,
     segment: Option<SegmentInfo>,
     validity: &'a [u8],
+    /// schedule_delivery_time, absolute or relative; empty = at once.
+    schedule: &'a [u8],
 }
 
 fn address((ton, npi, digits): (u8, u8, &[u8])) -> Address {
@@ -1052,6 +1091,18 @@ fn parse_validity(field: &[u8], now_ms: u64) -> Result<Option<u64>, CommandStatu
     let now = i64::try_from(now_ms).map_err(|_| invalid)?;
     let until = time.resolve_unix_ms(now).map_err(|_| invalid)?;
     Ok(Some(u64::try_from(until).unwrap_or(0)))
+}
+
+/// A schedule_delivery_time in the past means "at once" (no schedule).
+fn parse_schedule(field: &[u8], now_ms: u64) -> Result<Option<u64>, CommandStatus> {
+    if field.is_empty() {
+        return Ok(None);
+    }
+    let invalid = TimeField::ScheduleDeliveryTime.invalid_status();
+    let time = SmppTime::parse(field).map_err(|_| invalid)?;
+    let now = i64::try_from(now_ms).map_err(|_| invalid)?;
+    let at = time.resolve_unix_ms(now).map_err(|_| invalid)?;
+    Ok(u64::try_from(at).ok().filter(|&at_ms| at_ms > now_ms))
 }
 
 /// data_sm has no validator in `smpp::pdu`; these are the checks submit_sm's

@@ -171,6 +171,7 @@ pub async fn run(start: ShardStart) {
         started: Instant::now(),
     });
     tracing::debug!(core = shard.index, %local, "listening for SMPP");
+    glommio::spawn_local(crate::metrics::sample_executor_load(Duration::from_secs(1))).detach();
     if let Some(hub) = start.hub {
         glommio::spawn_local(delivery::run_hub(hub)).detach();
     }

@@ -7,11 +7,18 @@
 //! node-local state.
 //!
 //! Encoding: one version byte, then bincode 1 (varint integers, little endian)
-//! of the version's enum. Version 1 is frozen once logs exist: new commands are
+//! of the version's enum. A version is frozen once logs exist: new commands are
 //! appended as new variants at the end (bincode numbers variants by position),
 //! existing variants never change shape. A change of shape means a new version
 //! byte and a `decode` arm converting the old shape, so a newer binary always
 //! reads an older log.
+//!
+//! Version 2 (this binary writes it) replicated what version 1 left to each
+//! node's configuration: a connector's every setting, a route's source prefix
+//! and weighted targets, an account's API key hash, webhook secret and window,
+//! a message's client reference and schedule, and `AcceptBatch` (one HTTP
+//! request, atomic and idempotent). Version 1 entries decode through
+//! [`v1`] and convert with the defaults version 1 behaved with.
 
 use crate::store::id::MessageId;
 use bincode::Options;
@@ -21,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub type NodeId = u64;
 
 /// The version byte written in front of every command this binary encodes.
-pub const COMMAND_VERSION: u8 = 1;
+pub const COMMAND_VERSION: u8 = 2;
 
 /// Upper bound on one encoded command; keeps a corrupt length prefix from
 /// asking the decoder for gigabytes.
@@ -66,7 +73,16 @@ pub struct Accept {
     pub received_at_ms: u64,
     pub validity_until_ms: Option<u64>,
     pub owner_node: NodeId,
+    /// The customer's own reference (HTTP `client_ref`), echoed in lookups and
+    /// webhooks; at most [`MAX_CLIENT_REF_BYTES`].
+    pub client_ref: Option<String>,
+    /// Not to be submitted upstream before this time (SMPP
+    /// schedule_delivery_time, HTTP `scheduled_at`).
+    pub scheduled_at_ms: Option<u64>,
 }
+
+/// Longest client reference kept with a message.
+pub const MAX_CLIENT_REF_BYTES: usize = 64;
 
 /// An operator's delivery receipt, keyed by what the operator knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,35 +149,67 @@ pub struct Account {
     /// Where DLRs and MOs go for an HTTP customer; with it, deliveries do not
     /// wait for an SMPP receiver bind.
     pub webhook_url: Option<String>,
+    /// Hash of the HTTP API key (same format as `password_hash`); `None` = no
+    /// HTTP access.
+    pub api_key_hash: Option<String>,
+    /// Key of the HMAC-SHA256 signature on webhook bodies. Kept as given: the
+    /// sender needs it, and the receiver holds the same secret.
+    pub webhook_secret: Option<String>,
+    /// Requests an SMPP bind may have outstanding; 0 = the node's default.
+    pub window: u32,
 }
 
-/// An operator SMSC the appliance submits to.
+/// An operator SMSC the appliance submits to. Every node runs the binds of
+/// every enabled connector, so everything a bind needs is here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connector {
     pub name: String,
-    pub host: String,
-    pub port: u16,
+    /// "IP:PORT" of each SMSC host, tried in turn on every reconnect.
+    pub hosts: Vec<String>,
     pub system_id: String,
     pub password: String,
     pub system_type: String,
+    /// "transceiver" or "transmitter+receiver".
+    pub bind_type: String,
     pub bind_count: u16,
     pub window: u16,
     pub throughput_per_s: u32,
     pub enquire_link_s: u32,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub submit_timeout_ms: u64,
+    /// How the operator writes message ids (`smpp::receipt::IdFormat` names).
+    pub id_format: String,
+    /// What data_coding 0 means to the operator: "gsm7", "latin1", "ascii".
+    pub default_alphabet: String,
+    /// How long messages go out: "as-submitted", "udh", "sar", "payload".
+    pub long_messages: String,
     pub tls: bool,
     pub enabled: bool,
 }
 
-/// Where messages go: for `account` (or any account when `None`) and
-/// destinations starting with `destination_prefix`, try `connectors` in order.
+/// One connector of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTarget {
+    pub connector: String,
+    /// Lower is tried first; a higher group only when the lower is unusable.
+    pub priority: u32,
+    /// Share of traffic within its priority group (0 counts as 1).
+    pub weight: u32,
+}
+
+/// Where messages go: for `account` (or any account when `None`), sources
+/// starting with `source_prefix` and destinations starting with
+/// `destination_prefix`, try `targets` by priority, weighted within one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub name: String,
     pub account: Option<String>,
     pub destination_prefix: String,
+    pub source_prefix: String,
     /// Lower wins among equally long prefixes.
     pub priority: u32,
-    pub connectors: Vec<String>,
+    pub targets: Vec<RouteTarget>,
 }
 
 /// MO routing: destinations starting with `prefix` belong to `account`.
@@ -243,6 +291,10 @@ pub enum Command {
         before_ms: u64,
         account: Option<String>,
     },
+    /// The messages of one HTTP request, all or none. With an idempotency
+    /// key, a second batch under the same (account, key) changes nothing and
+    /// the proposer reads the first batch's ids (`AppState::idempotent`).
+    AcceptBatch(AcceptBatch),
     /// Hot window: drop from the replicated state at most `max` records that
     /// are over, oldest first: finished messages that finished before
     /// `finished_before_ms` and owe no DLR, then delivered MOs received before
@@ -253,6 +305,21 @@ pub enum Command {
         max: u32,
     },
 }
+
+/// One request's messages (every recipient and segment), accepted atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptBatch {
+    pub account: String,
+    pub idempotency_key: Option<String>,
+    /// A hash of the request body: the same key with another body is refused
+    /// instead of answered with the first request's ids.
+    pub request_hash: u64,
+    pub accepts: Vec<Accept>,
+    pub at_ms: u64,
+}
+
+/// Longest idempotency key kept.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -294,9 +361,304 @@ impl Command {
         let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
         match version {
             1 => codec()
+                .deserialize::<v1::Command>(body)
+                .map(Command::from)
+                .map_err(|e| DecodeError::Malformed(e.to_string())),
+            2 => codec()
                 .deserialize(body)
                 .map_err(|e| DecodeError::Malformed(e.to_string())),
             other => Err(DecodeError::UnknownVersion(other)),
+        }
+    }
+}
+
+/// Version 1 of the command format, frozen: decoded only, then converted.
+pub mod v1 {
+    use super::{
+        Address, BindKind, MoReceived, NodeId, NumberRange, Receipt, RouteTarget, SegmentInfo,
+    };
+    use crate::store::id::MessageId;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Accept {
+        pub id: MessageId,
+        pub account: String,
+        pub source: Address,
+        pub destination: Address,
+        pub data_coding: u8,
+        pub esm_class: u8,
+        pub protocol_id: u8,
+        pub priority: u8,
+        pub registered_delivery: u8,
+        #[serde(with = "serde_bytes")]
+        pub payload: Vec<u8>,
+        pub segment: Option<SegmentInfo>,
+        pub received_at_ms: u64,
+        pub validity_until_ms: Option<u64>,
+        pub owner_node: NodeId,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Account {
+        pub name: String,
+        pub password_hash: String,
+        pub max_binds: u32,
+        pub throughput_per_s: u32,
+        pub allowed_ips: Vec<String>,
+        pub allowed_senders: Vec<String>,
+        pub retention_s: u64,
+        pub enabled: bool,
+        pub webhook_url: Option<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Connector {
+        pub name: String,
+        pub host: String,
+        pub port: u16,
+        pub system_id: String,
+        pub password: String,
+        pub system_type: String,
+        pub bind_count: u16,
+        pub window: u16,
+        pub throughput_per_s: u32,
+        pub enquire_link_s: u32,
+        pub tls: bool,
+        pub enabled: bool,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Route {
+        pub name: String,
+        pub account: Option<String>,
+        pub destination_prefix: String,
+        pub priority: u32,
+        pub connectors: Vec<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Command {
+        Accept(Accept),
+        Submitted {
+            id: MessageId,
+            connector: String,
+            upstream_id: String,
+            at_ms: u64,
+        },
+        SubmitFailed {
+            id: MessageId,
+            status: u32,
+            permanent: bool,
+            at_ms: u64,
+            retry_at_ms: Option<u64>,
+        },
+        Receipt(Receipt),
+        DlrDelivered {
+            id: MessageId,
+        },
+        MoReceived(MoReceived),
+        MoDelivered {
+            id: MessageId,
+        },
+        Expire {
+            id: MessageId,
+            at_ms: u64,
+        },
+        BindOpened {
+            node: NodeId,
+            session: u64,
+            account: String,
+            kind: BindKind,
+        },
+        BindClosed {
+            node: NodeId,
+            session: u64,
+        },
+        NodeUp {
+            node: NodeId,
+            incarnation: u32,
+        },
+        NodeDown {
+            node: NodeId,
+        },
+        UpsertAccount(Account),
+        RemoveAccount {
+            name: String,
+        },
+        UpsertConnector(Connector),
+        RemoveConnector {
+            name: String,
+        },
+        UpsertRoute(Route),
+        RemoveRoute {
+            name: String,
+        },
+        UpsertNumberRange(NumberRange),
+        RemoveNumberRange {
+            name: String,
+        },
+        Purge {
+            before_ms: u64,
+            account: Option<String>,
+        },
+    }
+
+    impl From<Accept> for super::Accept {
+        fn from(a: Accept) -> super::Accept {
+            super::Accept {
+                id: a.id,
+                account: a.account,
+                source: a.source,
+                destination: a.destination,
+                data_coding: a.data_coding,
+                esm_class: a.esm_class,
+                protocol_id: a.protocol_id,
+                priority: a.priority,
+                registered_delivery: a.registered_delivery,
+                payload: a.payload,
+                segment: a.segment,
+                received_at_ms: a.received_at_ms,
+                validity_until_ms: a.validity_until_ms,
+                owner_node: a.owner_node,
+                client_ref: None,
+                scheduled_at_ms: None,
+            }
+        }
+    }
+
+    impl From<Account> for super::Account {
+        fn from(a: Account) -> super::Account {
+            super::Account {
+                name: a.name,
+                password_hash: a.password_hash,
+                max_binds: a.max_binds,
+                throughput_per_s: a.throughput_per_s,
+                allowed_ips: a.allowed_ips,
+                allowed_senders: a.allowed_senders,
+                retention_s: a.retention_s,
+                enabled: a.enabled,
+                webhook_url: a.webhook_url,
+                api_key_hash: None,
+                webhook_secret: None,
+                window: 0,
+            }
+        }
+    }
+
+    impl From<Connector> for super::Connector {
+        /// Version 1 kept the other settings in each node's configuration;
+        /// these are the defaults that configuration had.
+        fn from(c: Connector) -> super::Connector {
+            let host = if c.host.contains(':') {
+                format!("[{}]:{}", c.host, c.port)
+            } else {
+                format!("{}:{}", c.host, c.port)
+            };
+            super::Connector {
+                name: c.name,
+                hosts: vec![host],
+                system_id: c.system_id,
+                password: c.password,
+                system_type: c.system_type,
+                bind_type: "transceiver".into(),
+                bind_count: c.bind_count,
+                window: c.window,
+                throughput_per_s: c.throughput_per_s,
+                enquire_link_s: c.enquire_link_s,
+                reconnect_min_ms: 200,
+                reconnect_max_ms: 30_000,
+                submit_timeout_ms: 10_000,
+                id_format: "as-is".into(),
+                default_alphabet: "gsm7".into(),
+                long_messages: "as-submitted".into(),
+                tls: c.tls,
+                enabled: c.enabled,
+            }
+        }
+    }
+
+    impl From<Route> for super::Route {
+        /// The version 1 list was the failover order: one priority each.
+        fn from(r: Route) -> super::Route {
+            super::Route {
+                name: r.name,
+                account: r.account,
+                destination_prefix: r.destination_prefix,
+                source_prefix: String::new(),
+                priority: r.priority,
+                targets: r
+                    .connectors
+                    .into_iter()
+                    .zip(0u32..)
+                    .map(|(connector, priority)| RouteTarget {
+                        connector,
+                        priority,
+                        weight: 1,
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<Command> for super::Command {
+        fn from(command: Command) -> super::Command {
+            use super::Command as C;
+            match command {
+                Command::Accept(a) => C::Accept(a.into()),
+                Command::Submitted {
+                    id,
+                    connector,
+                    upstream_id,
+                    at_ms,
+                } => C::Submitted {
+                    id,
+                    connector,
+                    upstream_id,
+                    at_ms,
+                },
+                Command::SubmitFailed {
+                    id,
+                    status,
+                    permanent,
+                    at_ms,
+                    retry_at_ms,
+                } => C::SubmitFailed {
+                    id,
+                    status,
+                    permanent,
+                    at_ms,
+                    retry_at_ms,
+                },
+                Command::Receipt(r) => C::Receipt(r),
+                Command::DlrDelivered { id } => C::DlrDelivered { id },
+                Command::MoReceived(mo) => C::MoReceived(mo),
+                Command::MoDelivered { id } => C::MoDelivered { id },
+                Command::Expire { id, at_ms } => C::Expire { id, at_ms },
+                Command::BindOpened {
+                    node,
+                    session,
+                    account,
+                    kind,
+                } => C::BindOpened {
+                    node,
+                    session,
+                    account,
+                    kind,
+                },
+                Command::BindClosed { node, session } => C::BindClosed { node, session },
+                Command::NodeUp { node, incarnation } => C::NodeUp { node, incarnation },
+                Command::NodeDown { node } => C::NodeDown { node },
+                Command::UpsertAccount(a) => C::UpsertAccount(a.into()),
+                Command::RemoveAccount { name } => C::RemoveAccount { name },
+                Command::UpsertConnector(c) => C::UpsertConnector(c.into()),
+                Command::RemoveConnector { name } => C::RemoveConnector { name },
+                Command::UpsertRoute(r) => C::UpsertRoute(r.into()),
+                Command::RemoveRoute { name } => C::RemoveRoute { name },
+                Command::UpsertNumberRange(r) => C::UpsertNumberRange(r),
+                Command::RemoveNumberRange { name } => C::RemoveNumberRange { name },
+                Command::Purge { before_ms, account } => C::Purge { before_ms, account },
+            }
         }
     }
 }
@@ -333,6 +695,8 @@ pub(crate) mod tests {
             received_at_ms: 1_764_072_000_000,
             validity_until_ms: Some(1_764_158_400_000),
             owner_node: 2,
+            client_ref: None,
+            scheduled_at_ms: None,
         }
     }
 
@@ -385,6 +749,142 @@ pub(crate) mod tests {
             let bytes = hex::decode(hex_text).expect("fixture is valid hex");
             assert_eq!(Command::decode(&bytes).unwrap(), expected);
         }
+    }
+
+    /// Commands whose shape is new in version 2.
+    fn fixture_commands_v2() -> Vec<Command> {
+        let mut accept = sample_accept();
+        accept.client_ref = Some("order-17".into());
+        accept.scheduled_at_ms = Some(1_764_072_060_000);
+        vec![
+            Command::AcceptBatch(AcceptBatch {
+                account: "acme".into(),
+                idempotency_key: Some("k1".into()),
+                request_hash: 0xDEAD_BEEF,
+                accepts: vec![accept],
+                at_ms: 1_764_072_000_000,
+            }),
+            Command::UpsertAccount(Account {
+                name: "acme".into(),
+                password_hash: "h".into(),
+                max_binds: 2,
+                throughput_per_s: 100,
+                allowed_ips: vec!["10.0.0.0/8".into()],
+                allowed_senders: Vec::new(),
+                retention_s: 0,
+                enabled: true,
+                webhook_url: Some("https://hooks.example/dlr".into()),
+                api_key_hash: Some("k".into()),
+                webhook_secret: Some("s".into()),
+                window: 50,
+            }),
+            Command::UpsertConnector(Connector {
+                name: "op1".into(),
+                hosts: vec!["10.1.0.10:2775".into(), "[::1]:2775".into()],
+                system_id: "tern".into(),
+                password: "pw".into(),
+                system_type: String::new(),
+                bind_type: "transmitter+receiver".into(),
+                bind_count: 2,
+                window: 100,
+                throughput_per_s: 0,
+                enquire_link_s: 30,
+                reconnect_min_ms: 200,
+                reconnect_max_ms: 30_000,
+                submit_timeout_ms: 10_000,
+                id_format: "hex".into(),
+                default_alphabet: "latin1".into(),
+                long_messages: "udh".into(),
+                tls: false,
+                enabled: true,
+            }),
+            Command::UpsertRoute(Route {
+                name: "uk".into(),
+                account: None,
+                destination_prefix: "44".into(),
+                source_prefix: "ACME".into(),
+                priority: 1,
+                targets: vec![
+                    RouteTarget {
+                        connector: "op1".into(),
+                        priority: 0,
+                        weight: 3,
+                    },
+                    RouteTarget {
+                        connector: "op2".into(),
+                        priority: 1,
+                        weight: 1,
+                    },
+                ],
+            }),
+        ]
+    }
+
+    /// Version-2 bytes as first committed; never regenerate them.
+    const V2_FIXTURE_HEX: [&str; 4] = [
+        "02150461636d6501026b31fcefbeadde01000000001000203000000000040461636d650500044143\
+         4d4501010c34343737303039303031323300000000010568656c6c6f01090201fd008ae2ba9a0100\
+         0001fd00e608c09a0100000201086f726465722d313701fd6074e3ba9a010000fd008ae2ba9a0100\
+         00",
+        "020c0461636d6501680264010a31302e302e302e302f38000001011968747470733a2f2f686f6f6b\
+         732e6578616d706c652f646c7201016b01017332",
+        "020e036f7031020e31302e312e302e31303a323737350a5b3a3a315d3a32373735047465726e0270\
+         7700147472616e736d69747465722b72656365697665720264001ec8fb3075fb102703686578066c\
+         6174696e31037564680001",
+        "021002756b000234340441434d450102036f70310003036f70320101",
+    ];
+
+    #[test]
+    fn committed_v2_fixture_still_decodes() {
+        for (hex_text, expected) in V2_FIXTURE_HEX.iter().zip(fixture_commands_v2()) {
+            let bytes = hex::decode(hex_text).expect("fixture is valid hex");
+            assert_eq!(Command::decode(&bytes).unwrap(), expected);
+            assert_eq!(expected.encode(), bytes, "v2 encoding changed shape");
+        }
+    }
+
+    #[test]
+    fn v1_records_convert_with_their_old_defaults() {
+        let v1_route = v1::Command::UpsertRoute(v1::Route {
+            name: "r".into(),
+            account: None,
+            destination_prefix: "44".into(),
+            priority: 0,
+            connectors: vec!["a".into(), "b".into()],
+        });
+        let mut bytes = vec![1u8];
+        codec().serialize_into(&mut bytes, &v1_route).unwrap();
+        let Command::UpsertRoute(route) = Command::decode(&bytes).unwrap() else {
+            panic!("a route decodes as a route");
+        };
+        assert_eq!(route.source_prefix, "");
+        let order: Vec<_> = route
+            .targets
+            .iter()
+            .map(|t| (t.connector.as_str(), t.priority, t.weight))
+            .collect();
+        assert_eq!(order, [("a", 0, 1), ("b", 1, 1)]);
+        let v1_connector = v1::Command::UpsertConnector(v1::Connector {
+            name: "op".into(),
+            host: "::1".into(),
+            port: 2775,
+            system_id: "s".into(),
+            password: "p".into(),
+            system_type: String::new(),
+            bind_count: 1,
+            window: 10,
+            throughput_per_s: 0,
+            enquire_link_s: 30,
+            tls: false,
+            enabled: true,
+        });
+        let mut bytes = vec![1u8];
+        codec().serialize_into(&mut bytes, &v1_connector).unwrap();
+        let Command::UpsertConnector(connector) = Command::decode(&bytes).unwrap() else {
+            panic!("a connector decodes as a connector");
+        };
+        assert_eq!(connector.hosts, ["[::1]:2775"]);
+        assert_eq!(connector.bind_type, "transceiver");
     }
 
     #[test]

@@ -48,6 +48,7 @@ use super::state::{AppState, ApplyOutcome, Effect, Message, SnapshotSource};
 use super::transport::{Transport, TransportConfig};
 use super::wal::{FsDisk, LogOptions, RaftLog};
 use super::{StateMachine, StoreError};
+use crate::metrics::{Histogram, RaftStatus};
 
 /// Everything a node needs to run its store.
 #[derive(Clone)]
@@ -1190,6 +1191,12 @@ impl Driver {
         m.term.store(core.term, Ordering::Relaxed);
         m.commit_index.store(core.commit_index, Ordering::Relaxed);
         m.applied_index.store(core.applied_index, Ordering::Relaxed);
+        crate::metrics::set_raft(RaftStatus {
+            term: core.term,
+            commit_index: core.commit_index,
+            applied_index: core.applied_index,
+            leader_id: core.leader_id,
+        });
         m.proposals_synced
             .store(core.proposals_batched, Ordering::Relaxed);
         m.snapshots_installed
@@ -1336,8 +1343,13 @@ fn log_thread(
                 Err(_) => break,
             }
         }
+        let before = log.stats();
         let result = run_log_jobs(&mut log, &mut batch);
         let stats = log.stats();
+        crate::metrics::log_batch(
+            stats.entries.saturating_sub(before.entries),
+            stats.bytes.saturating_sub(before.bytes),
+        );
         metrics.log_syncs.store(stats.syncs, Ordering::Relaxed);
         metrics
             .log_entries_synced
@@ -1475,6 +1487,7 @@ impl SnapshotWriter {
             .name(format!("tern-snap-{node_id}"))
             .spawn(move || {
                 for (metadata, payload) in job_rx {
+                    let started = Instant::now();
                     let state = match payload {
                         SnapshotPayload::Encoded(bytes) => bytes,
                         SnapshotPayload::Detached(source) => {
@@ -1502,6 +1515,10 @@ impl SnapshotWriter {
                         })
                         .map(|()| metadata.index)
                         .map_err(|e| e.to_string());
+                    crate::metrics::observe_duration(
+                        Histogram::SnapshotDuration,
+                        started.elapsed(),
+                    );
                     if done_tx.send(result).is_err() {
                         return;
                     }
@@ -1613,6 +1630,9 @@ pub fn filler_account_command() -> Vec<u8> {
         retention_s: 0,
         enabled: true,
         webhook_url: None,
+        api_key_hash: None,
+        webhook_secret: None,
+        window: 0,
     })
     .encode()
 }
@@ -1650,6 +1670,8 @@ impl FillerCommands {
             received_at_ms: 1_700_000_000_000,
             validity_until_ms: None,
             owner_node: 1,
+            client_ref: None,
+            scheduled_at_ms: None,
         };
         // Varint lengths make the overhead depend on the payload size: converge.
         for _ in 0..4 {
@@ -1703,6 +1725,8 @@ fn empty_accept() -> Accept {
         received_at_ms: 0,
         validity_until_ms: None,
         owner_node: 0,
+        client_ref: None,
+        scheduled_at_ms: None,
     }
 }
 

@@ -301,6 +301,8 @@ pub struct ArchivedMessage {
     pub esm_class: u8,
     pub segment: Option<SegmentInfo>,
     pub validity_until_ms: Option<u64>,
+    /// The customer's own reference, echoed in lookups.
+    pub client_ref: Option<String>,
 }
 
 impl ArchivedMessage {
@@ -326,6 +328,7 @@ impl ArchivedMessage {
             esm_class: accept.esm_class,
             segment: accept.segment,
             validity_until_ms: accept.validity_until_ms,
+            client_ref: accept.client_ref.clone(),
         }
     }
 }

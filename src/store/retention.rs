@@ -422,6 +422,9 @@ mod tests {
             retention_s: 0,
             enabled: true,
             webhook_url: None,
+            api_key_hash: None,
+            webhook_secret: None,
+            window: 0,
         })];
         for n in 0..count {
             let mut accept = sample_accept();

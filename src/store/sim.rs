@@ -132,6 +132,9 @@ fn app_command(id: u64) -> Command {
             retention_s: 0,
             enabled: true,
             webhook_url: None,
+            api_key_hash: None,
+            webhook_secret: None,
+            window: 0,
         }),
         1 => Command::NodeUp {
             node,

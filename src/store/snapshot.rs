@@ -356,6 +356,9 @@ mod tests {
             retention_s: 0,
             enabled: true,
             webhook_url: None,
+            api_key_hash: None,
+            webhook_secret: None,
+            window: 0,
         })
         .encode();
         state.apply(index, &[command.as_slice()]);

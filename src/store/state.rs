@@ -13,7 +13,8 @@
 //! iteration inside apply, and the snapshot bytes, are the same everywhere.
 
 use crate::store::command::{
-    Accept, Account, BindKind, Command, Connector, MoReceived, NodeId, NumberRange, Receipt, Route,
+    Accept, AcceptBatch, Account, BindKind, Command, Connector, MoReceived, NodeId, NumberRange,
+    Receipt, Route,
 };
 use crate::store::id::MessageId;
 use crate::store::{StateMachine, StoreError};
@@ -22,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// Version byte in front of every state snapshot.
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// Version byte in front of every state snapshot this binary writes. Version
+/// 1 (command format 1's records, no idempotency keys) still restores.
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Orphan receipts kept at most; the oldest are dropped beyond this (a flood
 /// of receipts for ids nobody submitted must not grow memory without bound).
@@ -213,6 +215,11 @@ pub enum RejectReason {
     StaleIncarnation,
     NotExpired,
     NoNumberRange,
+    /// An `AcceptBatch` under an idempotency key that already has an answer
+    /// (read it with `AppState::idempotent`); nothing was accepted.
+    IdempotentReplay,
+    /// An `AcceptBatch` mixing accounts, empty, or with an id already taken.
+    InvalidBatch,
 }
 
 /// The primary data: exactly what a snapshot holds.
@@ -235,6 +242,16 @@ struct Core {
     routes: BTreeMap<String, Route>,
     number_ranges: BTreeMap<String, NumberRange>,
     counters: StateCounters,
+    /// (account, idempotency key) → what the first request got.
+    idempotency: BTreeMap<(String, String), IdempotencyRecord>,
+}
+
+/// The answer to the first request made under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub request_hash: u64,
+    pub ids: Vec<MessageId>,
+    pub at_ms: u64,
 }
 
 /// Derived from `Core`; rebuilt by `Indexes::build`.
@@ -555,19 +572,27 @@ impl AppState {
         self.core.routes.values()
     }
 
+    /// The first answer given under `key` for `account`, if still kept.
+    pub fn idempotent(&self, account: &str, key: &str) -> Option<&IdempotencyRecord> {
+        self.core
+            .idempotency
+            .get(&(account.to_string(), key.to_string()))
+    }
+
     pub fn number_ranges(&self) -> impl Iterator<Item = &NumberRange> + '_ {
         self.core.number_ranges.values()
     }
 
     /// The route for a message: longest matching destination prefix; among
     /// equals an account-specific route beats a generic one, then the lower
-    /// priority, then the name.
-    pub fn route_for(&self, account: &str, destination: &str) -> Option<&Route> {
+    /// priority, then the name. A route's source prefix must match too.
+    pub fn route_for(&self, account: &str, source: &str, destination: &str) -> Option<&Route> {
         self.core
             .routes
             .values()
             .filter(|r| r.account.as_deref().map_or(true, |a| a == account))
             .filter(|r| destination.starts_with(r.destination_prefix.as_str()))
+            .filter(|r| source.starts_with(r.source_prefix.as_str()))
             .min_by(|a, b| {
                 b.destination_prefix
                     .len()
@@ -785,11 +810,58 @@ impl AppState {
             }
             Command::RemoveNumberRange { name } => removed(self.core.number_ranges.remove(&name)),
             Command::Purge { before_ms, account } => self.apply_purge(before_ms, account),
+            Command::AcceptBatch(batch) => self.apply_accept_batch(batch),
             Command::Evict {
                 finished_before_ms,
                 max,
             } => self.apply_evict(finished_before_ms, max),
         }
+    }
+
+    /// All of a request's messages or none: checks everything that could
+    /// refuse one of them before recording any.
+    fn apply_accept_batch(&mut self, batch: AcceptBatch) -> ApplyOutcome {
+        if let Some(key) = &batch.idempotency_key {
+            if self
+                .core
+                .idempotency
+                .contains_key(&(batch.account.clone(), key.clone()))
+            {
+                return ApplyOutcome::Rejected(RejectReason::IdempotentReplay);
+            }
+        }
+        if let Err(reason) = self.check_account(&batch.account) {
+            return ApplyOutcome::Rejected(reason);
+        }
+        let mut seen = BTreeSet::new();
+        let valid = !batch.accepts.is_empty()
+            && batch.accepts.iter().all(|a| {
+                a.account == batch.account
+                    && !self.core.messages.contains_key(&a.id)
+                    && seen.insert(a.id)
+            });
+        if !valid {
+            return ApplyOutcome::Rejected(RejectReason::InvalidBatch);
+        }
+        let ids: Vec<MessageId> = batch.accepts.iter().map(|a| a.id).collect();
+        for accept in batch.accepts {
+            let outcome = self.apply_accept(accept);
+            debug_assert!(
+                matches!(outcome, ApplyOutcome::Accepted(_)),
+                "a checked batch member was refused: {outcome:?}"
+            );
+        }
+        if let Some(key) = batch.idempotency_key {
+            self.core.idempotency.insert(
+                (batch.account, key),
+                IdempotencyRecord {
+                    request_hash: batch.request_hash,
+                    ids,
+                    at_ms: batch.at_ms,
+                },
+            );
+        }
+        ApplyOutcome::Applied
     }
 
     fn check_account(&self, name: &str) -> Result<(), RejectReason> {
@@ -1344,6 +1416,9 @@ impl AppState {
     }
 
     fn apply_purge(&mut self, before_ms: u64, account: Option<String>) -> ApplyOutcome {
+        self.core.idempotency.retain(|(owner, _), record| {
+            record.at_ms >= before_ms || account.as_deref().is_some_and(|a| a != owner)
+        });
         let cutoff = (before_ms, min_id());
         let doomed: Vec<MessageId> = self
             .ix
@@ -1671,14 +1746,18 @@ impl StateMachine for AppState {
         let (&version, body) = snapshot
             .split_first()
             .ok_or_else(|| StoreError::Corrupt("empty state snapshot".into()))?;
-        if version != SNAPSHOT_VERSION {
-            return Err(StoreError::Corrupt(format!(
-                "unknown state snapshot version {version}"
-            )));
+        let core: Core = match version {
+            1 => snapshot_codec()
+                .deserialize::<v1::Core>(body)
+                .map(Core::from),
+            SNAPSHOT_VERSION => snapshot_codec().deserialize(body),
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown state snapshot version {version}"
+                )))
+            }
         }
-        let core: Core = snapshot_codec()
-            .deserialize(body)
-            .map_err(|e| StoreError::Corrupt(format!("state snapshot: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("state snapshot: {e}")))?;
         if core.applied_index != index {
             return Err(StoreError::Corrupt(format!(
                 "state snapshot holds index {} but was offered as {index}",
@@ -1691,6 +1770,97 @@ impl StateMachine for AppState {
         self.effects_lost = true;
         self.core = core;
         Ok(())
+    }
+}
+
+/// Snapshot version 1: the same primary data with command format 1's
+/// records; restored by conversion, never written.
+mod v1 {
+    use super::{
+        Bind, MessageState, MoRecord, NodeRecord, OrphanReceipt, PendingDelivery, StateCounters,
+        Upstream,
+    };
+    use crate::store::command::{v1, NodeId, NumberRange};
+    use crate::store::id::MessageId;
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Message {
+        accept: v1::Accept,
+        owner: NodeId,
+        state: MessageState,
+        attempts: u32,
+        last_status: u32,
+        retry_at_ms: Option<u64>,
+        upstreams: Vec<Upstream>,
+        done_at_ms: Option<u64>,
+        receipt_err: u16,
+        receipt_raw: Option<Vec<u8>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Core {
+        applied_index: u64,
+        messages: BTreeMap<MessageId, Message>,
+        mos: BTreeMap<MessageId, MoRecord>,
+        pending: BTreeMap<MessageId, PendingDelivery>,
+        orphans: BTreeMap<String, BTreeMap<String, OrphanReceipt>>,
+        next_orphan_seq: u64,
+        binds: BTreeMap<(NodeId, u64), Bind>,
+        nodes: BTreeMap<NodeId, NodeRecord>,
+        accounts: BTreeMap<String, v1::Account>,
+        connectors: BTreeMap<String, v1::Connector>,
+        routes: BTreeMap<String, v1::Route>,
+        number_ranges: BTreeMap<String, NumberRange>,
+        counters: StateCounters,
+    }
+
+    impl From<Core> for super::Core {
+        fn from(old: Core) -> super::Core {
+            super::Core {
+                applied_index: old.applied_index,
+                messages: old
+                    .messages
+                    .into_iter()
+                    .map(|(id, m)| {
+                        let message = super::Message {
+                            accept: m.accept.into(),
+                            owner: m.owner,
+                            state: m.state,
+                            attempts: m.attempts,
+                            last_status: m.last_status,
+                            retry_at_ms: m.retry_at_ms,
+                            upstreams: m.upstreams,
+                            done_at_ms: m.done_at_ms,
+                            receipt_err: m.receipt_err,
+                            receipt_raw: m.receipt_raw,
+                        };
+                        (id, std::sync::Arc::new(message))
+                    })
+                    .collect(),
+                mos: old.mos,
+                pending: old.pending,
+                orphans: old.orphans,
+                next_orphan_seq: old.next_orphan_seq,
+                binds: old.binds,
+                nodes: old.nodes,
+                accounts: old
+                    .accounts
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into()))
+                    .collect(),
+                connectors: old
+                    .connectors
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into()))
+                    .collect(),
+                routes: old.routes.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                number_ranges: old.number_ranges,
+                counters: old.counters,
+                idempotency: BTreeMap::new(),
+            }
+        }
     }
 }
 
@@ -1712,6 +1882,9 @@ mod tests {
             retention_s: 0,
             enabled: true,
             webhook_url: None,
+            api_key_hash: None,
+            webhook_secret: None,
+            window: 0,
         }
     }
 
@@ -2288,6 +2461,72 @@ mod tests {
     }
 
     #[test]
+    fn accept_batch_is_atomic_and_idempotent() {
+        let mut state = with_account();
+        let member = |counter: u64| {
+            let Command::Accept(a) = accept(counter, 1, 1) else {
+                unreachable!("accept() builds an Accept")
+            };
+            a
+        };
+        let batch = |key: Option<&str>, ids: &[u64]| {
+            Command::AcceptBatch(AcceptBatch {
+                account: "acme".into(),
+                idempotency_key: key.map(str::to_string),
+                request_hash: 7,
+                accepts: ids.iter().map(|&c| member(c)).collect(),
+                at_ms: 5_000,
+            })
+        };
+        run(&mut state, &[accept(3, 1, 1)]);
+        // One member's id is taken: nothing of the batch is recorded.
+        assert_eq!(
+            run(&mut state, &[batch(Some("k"), &[1, 2, 3])]),
+            vec![ApplyOutcome::Rejected(RejectReason::InvalidBatch)]
+        );
+        assert!(state.message(&id(1)).is_none());
+        assert!(state.idempotent("acme", "k").is_none());
+        assert_eq!(
+            run(&mut state, &[batch(Some("k"), &[1, 2])]),
+            vec![ApplyOutcome::Applied]
+        );
+        assert!(state.message(&id(1)).is_some() && state.message(&id(2)).is_some());
+        let record = state
+            .idempotent("acme", "k")
+            .expect("the key is remembered");
+        assert_eq!(record.ids, vec![id(1), id(2)]);
+        // A retry under the same key (new ids, as a retried request gets)
+        // changes nothing.
+        assert_eq!(
+            run(&mut state, &[batch(Some("k"), &[4, 5])]),
+            vec![ApplyOutcome::Rejected(RejectReason::IdempotentReplay)]
+        );
+        assert!(state.message(&id(4)).is_none());
+        let mut foreign = member(6);
+        foreign.account = "other".into();
+        let mixed = Command::AcceptBatch(AcceptBatch {
+            account: "acme".into(),
+            idempotency_key: None,
+            request_hash: 0,
+            accepts: vec![member(7), foreign],
+            at_ms: 5_000,
+        });
+        assert_eq!(
+            run(&mut state, &[mixed]),
+            vec![ApplyOutcome::Rejected(RejectReason::InvalidBatch)]
+        );
+        // Retention forgets keys older than its cutoff.
+        run(
+            &mut state,
+            &[Command::Purge {
+                before_ms: 5_001,
+                account: None,
+            }],
+        );
+        assert!(state.idempotent("acme", "k").is_none());
+    }
+
+    #[test]
     fn route_choice() {
         let mut state = with_account();
         let route = |name: &str, account: Option<&str>, prefix: &str, priority: u32| {
@@ -2295,8 +2534,13 @@ mod tests {
                 name: name.into(),
                 account: account.map(str::to_string),
                 destination_prefix: prefix.into(),
+                source_prefix: String::new(),
                 priority,
-                connectors: vec![format!("{name}-c")],
+                targets: vec![crate::store::command::RouteTarget {
+                    connector: format!("{name}-c"),
+                    priority: 0,
+                    weight: 1,
+                }],
             })
         };
         run(
@@ -2309,7 +2553,8 @@ mod tests {
                 route("uk-mobile", None, "447", 0),
             ],
         );
-        let pick = |account: &str, dst: &str| state.route_for(account, dst).map(|r| r.name.clone());
+        let pick =
+            |account: &str, dst: &str| state.route_for(account, "SRC", dst).map(|r| r.name.clone());
         assert_eq!(pick("acme", "4477").as_deref(), Some("uk-mobile"));
         assert_eq!(pick("acme", "4420").as_deref(), Some("acme-uk"));
         assert_eq!(pick("zeta", "4420").as_deref(), Some("uk-cheap"));
@@ -2320,7 +2565,7 @@ mod tests {
                 name: "default".into(),
             }],
         );
-        assert!(state.route_for("zeta", "33").is_none());
+        assert!(state.route_for("zeta", "SRC", "33").is_none());
     }
 
     #[test]
@@ -2760,6 +3005,9 @@ mod snapshot_fixture {
                 retention_s: 86_400,
                 enabled: true,
                 webhook_url: None,
+                api_key_hash: None,
+                webhook_secret: None,
+                window: 0,
             }),
             Command::NodeUp {
                 node: 2,
@@ -2828,7 +3076,26 @@ mod snapshot_fixture {
         );
         assert!(restored.has_orphan("op1", "EARLY"));
         assert_eq!(restored.account("acme").map(|a| a.max_binds), Some(4));
-        // While the format is still version 1 the bytes are reproduced exactly.
+        // Restored from version 1, it is the state version 2 describes.
+        assert_eq!(restored.snapshot(), fixture_state().snapshot());
+    }
+
+    /// The same state in snapshot version 2, as first committed.
+    const V2_SNAPSHOT_HEX: &str =
+        "022a0100000000100020300000000004000000001000203000000000040461636d6505000441434d\
+         4501010c34343737303039303031323300000000010568656c6c6f01090201fd008ae2ba9a010000\
+         01fd00e608c09a010000020000020301000001036f70310441423132070109000000010000000010\
+         00203000000000040461636d6500010201036f703101054541524c59036f7031054541524c590501\
+         090000010102050461636d650101020101010461636d650461636d6501680464010a31302e302e30\
+         2e302f3800fc80510100010000000000000000000100000000000000";
+
+    #[test]
+    fn committed_v2_snapshot_still_restores() {
+        let bytes = hex::decode(V2_SNAPSHOT_HEX).expect("fixture is valid hex");
+        let mut restored = AppState::new();
+        restored.restore(42, &bytes).unwrap();
+        assert!(restored.indexes_consistent());
+        // While the format is version 2 the bytes are reproduced exactly.
         assert_eq!(fixture_state().snapshot(), bytes);
     }
 }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::{status, unix_now_ms, ConnectorShared, Job, Outcome};
+use crate::metrics::Histogram;
 use crate::peer::{Event, LocalNotify, PduConnection, PeerConfig};
 use crate::smpp::frame::Frame;
 use crate::smpp::pdu::{Bind, Body, DeliverSm, DeliverSmResp, Pdu, SubmitSm};
@@ -111,6 +112,7 @@ struct UpGuard<'a>(&'a ConnectorShared);
 impl Drop for UpGuard<'_> {
     fn drop(&mut self) {
         self.0.up_binds.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::upstream_binds_open_add(&self.0.name, -1);
     }
 }
 
@@ -268,6 +270,7 @@ impl<'a> Session<'a> {
     async fn serve(mut self, mut conn: PduConnection) -> Result<(), String> {
         let _up = if self.role.submits() {
             self.connector.up_binds.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::upstream_binds_open_add(&self.connector.name, 1);
             Some(UpGuard(self.connector))
         } else {
             None
@@ -411,7 +414,7 @@ impl<'a> Session<'a> {
             .window
             .try_reserve(seq, CommandId::SubmitSm, now_ms, job)
         {
-            Ok(()) => {}
+            Ok(()) => crate::metrics::observe(Histogram::WindowOccupancy, self.window.len() as u64),
             Err(e) => {
                 let _ = self.context.outcomes.send(Outcome::Unsent {
                     job: e.into_tag(),
@@ -483,6 +486,7 @@ impl<'a> Session<'a> {
     fn on_submit_resp(&mut self, job: Job, command_status: CommandStatus, message_id: &[u8]) {
         let connector = self.connector.index;
         if !command_status.is_ok() {
+            crate::metrics::submit_failed(&self.connector.name, command_status);
             let _ = self.context.outcomes.send(Outcome::Failed {
                 job,
                 connector,
@@ -490,6 +494,7 @@ impl<'a> Session<'a> {
             });
             return;
         }
+        crate::metrics::submitted(&self.connector.name);
         let raw = String::from_utf8_lossy(message_id);
         // The receipt side normalises the same way: the store compares bytes.
         let upstream_id = match self.connector.id_format.key_from_submit_resp(&raw) {
@@ -575,6 +580,10 @@ impl<'a> Session<'a> {
         match identified {
             Ok(Some(found)) => {
                 let receipt = found.receipt;
+                crate::metrics::receipt_received(
+                    connector,
+                    receipt.stat.as_ref().map_or("none", |s| s.stat_text()),
+                );
                 let upstream_id = self
                     .connector
                     .id_format
@@ -735,6 +744,8 @@ mod tests {
             received_at_ms: 0,
             validity_until_ms: None,
             owner_node: 1,
+            client_ref: None,
+            scheduled_at_ms: None,
         }
     }
 

@@ -17,7 +17,8 @@ use rand::Rng;
 
 use super::bind::{propose_until_committed, MAX_QUEUED_MS};
 use super::{is_temporary, status, unix_now_ms, ConnectorShared, Job, Outcome};
-use crate::config::{RouteConfig, UpstreamSection};
+use crate::config::UpstreamSection;
+use crate::metrics::Counter;
 use crate::routing::{candidates, RoutingTable};
 use crate::store::command::{Accept, Command, Route};
 use crate::store::driver::StoreHandle;
@@ -47,7 +48,6 @@ pub struct DispatchStart {
     pub node_id: u64,
     pub store: StoreHandle,
     pub connectors: Vec<Arc<ConnectorShared>>,
-    pub route_extras: Vec<RouteConfig>,
     pub settings: UpstreamSection,
     pub outcomes_rx: flume::Receiver<Outcome>,
 }
@@ -213,7 +213,7 @@ impl Dispatcher {
             return;
         };
         if routes != self.routes_seen {
-            self.table = RoutingTable::build(&routes, &self.start.route_extras);
+            self.table = RoutingTable::build(&routes);
             self.routes_seen = routes;
         }
     }
@@ -355,9 +355,23 @@ impl Dispatcher {
         else {
             return Handed::Other;
         };
+        let now_ms = unix_now_ms();
+        if let Some(wait_ms) = accept
+            .scheduled_at_ms
+            .map(|at| at.saturating_sub(now_ms))
+            .filter(|&wait_ms| wait_ms > 0)
+        {
+            // Scheduled for later: it keeps its flight (and so counts against
+            // `max_in_flight`) and looks again when its time comes, at least
+            // once a minute so a clock step cannot strand it.
+            let generation = flight.generation;
+            flight.state = FlightState::Waiting(accept);
+            self.schedule(id, generation, Duration::from_millis(wait_ms.min(60_000)));
+            return Handed::Other;
+        }
         if accept
             .validity_until_ms
-            .is_some_and(|until| until <= unix_now_ms())
+            .is_some_and(|until| until <= now_ms)
         {
             self.fail(
                 id,
@@ -373,7 +387,8 @@ impl Dispatcher {
         ) else {
             let reason = format!(
                 "no route for account {} to {}",
-                accept.account, accept.destination.digits
+                accept.account,
+                crate::mask::Masked(&accept.destination.digits)
             );
             self.fail(id, status::NO_ROUTE, &reason);
             return Handed::Other;
@@ -509,6 +524,11 @@ impl Dispatcher {
     /// `SubmitFailed{permanent}`.
     fn fail(&mut self, id: MessageId, status: u32, reason: &str) {
         tracing::warn!(%id, status = format_args!("0x{status:08X}"), "message failed: {reason}");
+        crate::metrics::count(if status == status::EXPIRED {
+            Counter::MessagesExpired
+        } else {
+            Counter::MessagesFailed
+        });
         let at_ms = unix_now_ms();
         // An ended validity is the state machine's EXPIRED (the customer's
         // DLR says so); everything else is a failed submission.

@@ -115,6 +115,7 @@ pub fn default_connector_and_route(addr: SocketAddr) -> (ConnectorConfig, RouteC
         // The simulator writes lowercase hex ids.
         id_format: "hex".into(),
         default_alphabet: "gsm7".into(),
+        long_messages: "as-submitted".into(),
         enabled: true,
     };
     let route = RouteConfig {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::config::{ConnectorConfig, Resolved, RouteConfig, UpstreamBindType};
 use crate::smpp::receipt::IdFormat;
 use crate::smpp::text::DefaultAlphabet;
-use crate::store::command::{Accept, Command, Connector, Route};
+use crate::store::command::{Accept, Command, Connector, Route, RouteTarget};
 use crate::store::driver::{ProposeError, StoreHandle};
 use crate::store::id::MessageId;
 use crate::store::state::ApplyOutcome;
@@ -208,7 +208,6 @@ pub fn start(
         node_id: config.node.id,
         store: store.clone(),
         connectors: shared.clone(),
-        route_extras: routes,
         settings: config.upstream.clone(),
         outcomes_rx,
     });
@@ -265,6 +264,10 @@ async fn run_core(
             return;
         }
     };
+    glommio::spawn_local(crate::metrics::sample_executor_load(
+        std::time::Duration::from_secs(1),
+    ))
+    .detach();
     let mut tasks = Vec::with_capacity(binds.len() + 1);
     for spec in binds {
         tasks.push(glommio::spawn_local(bind::run(
@@ -285,40 +288,45 @@ async fn run_core(
 
 /// The replicated form of a configured connector.
 pub fn connector_record(c: &ConnectorConfig) -> Connector {
-    let first = c.host_addrs().first().copied();
     Connector {
         name: c.name.clone(),
-        host: first.map(|a| a.ip().to_string()).unwrap_or_default(),
-        port: first.map_or(0, |a| a.port()),
+        hosts: c.hosts.clone(),
         system_id: c.system_id.clone(),
         password: c.password.clone(),
         system_type: c.system_type.clone(),
+        bind_type: c.bind_type.clone(),
         bind_count: c.binds,
         window: c.window,
         throughput_per_s: c.max_tps,
         enquire_link_s: c.enquire_link_s,
+        reconnect_min_ms: c.reconnect_min_ms,
+        reconnect_max_ms: c.reconnect_max_ms,
+        submit_timeout_ms: c.submit_timeout_ms,
+        id_format: c.id_format.clone(),
+        default_alphabet: c.default_alphabet.clone(),
+        long_messages: c.long_messages.clone(),
         tls: false,
         enabled: c.enabled,
     }
 }
 
-/// The replicated form of a configured route: its connectors in failover
-/// order (priority, then as listed).
+/// The replicated form of a configured route.
 pub fn route_record(r: &RouteConfig) -> Route {
-    let mut targets = r.resolved_targets();
-    targets.sort_by_key(|t| t.priority);
-    let mut connectors: Vec<String> = Vec::with_capacity(targets.len());
-    for t in targets {
-        if !connectors.contains(&t.connector) {
-            connectors.push(t.connector);
-        }
-    }
     Route {
         name: r.name.clone(),
         account: r.account.clone(),
         destination_prefix: r.prefix.clone(),
+        source_prefix: r.source.clone(),
         priority: r.priority,
-        connectors,
+        targets: r
+            .resolved_targets()
+            .into_iter()
+            .map(|t| RouteTarget {
+                connector: t.connector,
+                priority: t.priority,
+                weight: t.weight,
+            })
+            .collect(),
     }
 }
 
@@ -398,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn route_record_orders_by_priority() {
+    fn route_record_keeps_priorities_and_weights() {
         let r = RouteConfig {
             name: "r".into(),
             account: None,
@@ -425,7 +433,12 @@ mod tests {
             ],
         };
         let route = route_record(&r);
-        assert_eq!(route.connectors, ["a", "b", "backup"]);
+        let targets: Vec<_> = route
+            .targets
+            .iter()
+            .map(|t| (t.connector.as_str(), t.priority, t.weight))
+            .collect();
+        assert_eq!(targets, [("backup", 1, 1), ("a", 0, 2), ("b", 0, 1)]);
         assert_eq!(route.destination_prefix, "44");
         assert_eq!(route.priority, 3);
     }

@@ -131,7 +131,10 @@ impl LogDisk for FsDisk {
     }
 
     fn sync(&mut self, name: &str) -> io::Result<()> {
-        self.file_for_append(name)?.sync_data()
+        let started = std::time::Instant::now();
+        let synced = self.file_for_append(name)?.sync_data();
+        crate::metrics::fsync_done(started.elapsed());
+        synced
     }
 
     fn truncate(&mut self, name: &str, len_bytes: u64) -> io::Result<()> {
