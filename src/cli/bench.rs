@@ -9,6 +9,8 @@ use clap::{Args, Subcommand};
 use crate::bench::smpp::{BenchConfig, BindAs};
 use crate::smpp::receipt::IdFormat;
 
+// Parsed once at start-up and matched once: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// SMPP customer load: N transceiver binds, window W, optional receipts.
