@@ -5,8 +5,9 @@
 //! Covered: bind + submit (GSM and a 2-part UCS-2 message with UDH) + query_sm,
 //! wrong password, throttling, a bad configuration key, garbage / a 4 GiB
 //! command_length / half a PDU then silence (only that connection suffers),
-//! and SIGKILL in the middle of a load: every acknowledged message is found
-//! after the restart.
+//! a bind flood (wrong passwords, double binds, silent connections) while
+//! another customer keeps submitting, and SIGKILL in the middle of a load:
+//! every acknowledged message is found after the restart.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -116,6 +117,21 @@ impl Drop for Server {
 fn listening(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200))
         .is_ok_and(|s| s.local_addr().ok() != Some(addr))
+}
+
+/// Waits until nothing accepts at `addr`. A SIGKILLed glommio process is
+/// reaped before the kernel has torn down its io_uring, and the listening
+/// socket the ring still references accepts (then resets) connections for a
+/// moment; a restart that probes the port then would find the dead socket.
+fn wait_closed(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listening(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts after the kill"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn client(mode: &str, port: u16, args: &[&str]) -> Value {
@@ -302,8 +318,11 @@ fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
 #[test]
 fn hostile_input_drops_only_that_connection() {
     let setup = Setup::new("hostile", "dead_after_s = 2\nbind_timeout_s = 2", "");
-    let _server = setup.start();
+    let server = setup.start();
     let addr = SocketAddr::from(([127, 0, 0, 1], setup.smpp_port));
+    // A customer submitting all along, on its own connection.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = steady_submitter(addr, std::sync::Arc::clone(&stop));
 
     // Garbage: an HTTP request reads as an absurd command_length.
     let mut garbage = TcpStream::connect(addr).expect("connect");
@@ -361,6 +380,15 @@ fn hostile_input_drops_only_that_connection() {
         Some(1),
         "still serving: {out}"
     );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad, slowest) = steady.join().expect("steady submitter");
+    eprintln!("hostile input: steady customer {ok} submits OK, slowest answer {slowest:?}");
+    assert!(
+        bad.is_empty(),
+        "the steady customer suffered: {bad:?}\n{}",
+        server.log_text()
+    );
+    assert!(ok >= 10, "the steady customer kept submitting: {ok}");
 }
 
 #[test]
@@ -393,6 +421,7 @@ fn sigkill_mid_load_loses_no_acknowledged_message() {
         thread::sleep(Duration::from_millis(50));
     }
     server.kill();
+    wait_closed(SocketAddr::from(([127, 0, 0, 1], setup.smpp_port)));
     let load_out = load.wait_with_output().expect("load client ends");
     assert!(
         load_out.status.success(),
@@ -493,5 +522,146 @@ fn sigterm_unbinds_customers_and_exits_cleanly() {
         server.log_text().contains("stopped"),
         "{}",
         server.log_text()
+    );
+}
+
+/// submit_sm body: TERN -> 447900000001, GSM default, `text`.
+fn submit_body(text: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(b"\0\x05\0TERN\0\x01\x01447900000001\0");
+    // esm_class, protocol_id, priority, schedule, validity, registered_delivery,
+    // replace_if_present, data_coding, sm_default_msg_id.
+    body.extend_from_slice(b"\0\0\0\0\0\0\0\0\0");
+    body.push(u8::try_from(text.len()).expect("short text"));
+    body.extend_from_slice(text);
+    body
+}
+
+/// A customer that submits one message at a time until told to stop;
+/// returns (OK answers, anything else, slowest answer).
+fn steady_submitter(
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> thread::JoinHandle<(u64, Vec<String>, Duration)> {
+    thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(&raw_pdu(0x09, 1, b"trial\0trial\0\0\x34\0\0\0"))
+            .expect("bind");
+        assert_eq!(read_pdu_header(&mut stream), Some((0x8000_0009, 0)));
+        let (mut ok, mut bad, mut slowest) = (0u64, Vec::new(), Duration::ZERO);
+        let mut seq = 2u32;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && bad.is_empty() {
+            let sent = Instant::now();
+            if let Err(e) = stream.write_all(&raw_pdu(0x04, seq, &submit_body(b"steady"))) {
+                bad.push(format!("write: {e}"));
+                break;
+            }
+            // Skip anything the server sends on its own (enquire_link, DLRs).
+            loop {
+                match read_pdu_header(&mut stream) {
+                    Some((0x8000_0004, 0)) => {
+                        ok += 1;
+                        break;
+                    }
+                    Some((0x8000_0004, status)) => {
+                        bad.push(format!("submit_sm_resp status {status:#x}"));
+                        break;
+                    }
+                    Some(_) => continue,
+                    None => {
+                        bad.push("connection lost".into());
+                        break;
+                    }
+                }
+            }
+            slowest = slowest.max(sent.elapsed());
+            seq += 1;
+        }
+        (ok, bad, slowest)
+    })
+}
+
+#[test]
+fn a_bind_flood_is_answered_or_dropped_and_others_keep_submitting() {
+    let setup = Setup::new("bindflood", "bind_timeout_s = 2", "");
+    let server = setup.start();
+    let addr = SocketAddr::from(([127, 0, 0, 1], setup.smpp_port));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = steady_submitter(addr, std::sync::Arc::clone(&stop));
+    thread::sleep(Duration::from_millis(300));
+
+    const PER_KIND: usize = 100;
+    let flood_started = Instant::now();
+    let mut wrong_password = Vec::new();
+    let mut double_bind = Vec::new();
+    let mut silent = Vec::new();
+    for i in 0..PER_KIND {
+        let mut stream = TcpStream::connect(addr).expect("connect wrong password");
+        stream
+            .write_all(&raw_pdu(0x09, 1, b"trial\0wrong\0\0\x34\0\0\0"))
+            .expect("bind");
+        wrong_password.push(stream);
+        let mut stream = TcpStream::connect(addr).expect("connect double bind");
+        let mut two = raw_pdu(0x09, 1, b"trial\0trial\0\0\x34\0\0\0");
+        two.extend_from_slice(&raw_pdu(0x02, 2, b"trial\0trial\0\0\x34\0\0\0"));
+        stream.write_all(&two).expect("binds");
+        double_bind.push(stream);
+        silent.push(TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {i}: {e}")));
+    }
+    // Every flooding connection is answered or dropped: none hangs.
+    for stream in &mut double_bind {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        assert_eq!(
+            read_pdu_header(stream),
+            Some((0x8000_0009, 0)),
+            "the first bind is accepted"
+        );
+        let second = read_pdu_header(stream);
+        assert!(
+            matches!(second, Some((0x8000_0002, status)) if status != 0),
+            "a second bind on a bound connection is refused: {second:?}"
+        );
+    }
+    // Refusals are held back (doubling per failure from one address, at
+    // most MAX_FAILED_BIND_DELAY_MS), each connection on its own clock.
+    for stream in &mut wrong_password {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        assert_eq!(
+            read_pdu_header(stream).map(|(id, status)| (id, u64::from(status))),
+            Some((0x8000_0009, ESME_RINVPASWD)),
+            "a wrong password is refused, slowly"
+        );
+    }
+    for stream in &mut silent {
+        assert!(
+            closed_by_server(stream, Duration::from_secs(10)),
+            "a connection that never binds is dropped after bind_timeout_s"
+        );
+    }
+    let flood_s = flood_started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad, slowest) = steady.join().expect("steady submitter");
+    eprintln!(
+        "bind flood: {} connections over {flood_s:.1}s; steady customer: {ok} submits OK, \
+         slowest answer {slowest:?}",
+        3 * PER_KIND
+    );
+    assert!(
+        bad.is_empty(),
+        "the steady customer suffered: {bad:?}\n{}",
+        server.log_text()
+    );
+    assert!(ok >= 10, "the steady customer kept submitting: {ok}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "no submit waited behind the flood: {slowest:?}"
     );
 }

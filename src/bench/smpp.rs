@@ -1,9 +1,10 @@
 //! `tern bench smpp`: a customer load generator over SMPP.
 //!
-//! Owns: N transceiver binds spread across cores, each keeping a window of
-//! submit_sm outstanding (optionally paced by a token bucket), submit latency
-//! histograms, error counts, and the matching of delivery receipts to the
-//! message ids of their submit_sm_resp. Must not touch: the server under test
+//! Owns: N binds spread across cores (transceivers by default; transmitters
+//! to leave receipts waiting in the server, receivers to collect them later),
+//! each keeping a window of submit_sm outstanding (optionally paced by a
+//! token bucket), submit latency histograms, error counts, and the matching
+//! of delivery receipts to the message ids of their submit_sm_resp. Must not touch: the server under test
 //! beyond SMPP, the store, the engine.
 //!
 //! Why receipts are matched after the run: a receipt may arrive on any bind
@@ -31,6 +32,30 @@ use crate::smpp::session::{ResponseMatch, SequenceNumbers, Window};
 use crate::smpp::status::CommandStatus;
 use crate::smpp::CommandId;
 
+/// How the bench's binds bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BindAs {
+    /// Submits and takes receipts on the same bind.
+    #[default]
+    Transceiver,
+    /// Submits only: receipts stay with the server until a receiver binds.
+    Transmitter,
+    /// Takes receipts only (the run submits nothing): with
+    /// `expect_receipts`, the time until a backlog has arrived.
+    Receiver,
+}
+
+impl BindAs {
+    pub fn parse(text: &str) -> Option<BindAs> {
+        match text {
+            "transceiver" => Some(BindAs::Transceiver),
+            "transmitter" => Some(BindAs::Transmitter),
+            "receiver" => Some(BindAs::Receiver),
+            _ => None,
+        }
+    }
+}
+
 /// Everything `tern bench smpp` can be told.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -56,6 +81,11 @@ pub struct BenchConfig {
     pub id_format: IdFormat,
     /// Print a progress line on stderr every second.
     pub progress: bool,
+    pub bind_as: BindAs,
+    /// Receipts to wait for over all binds before the run ends (at most
+    /// `dlr_wait_s` after the last submit); None: one per acknowledged
+    /// submit that asked for one.
+    pub expect_receipts: Option<u64>,
 }
 
 impl Default for BenchConfig {
@@ -78,6 +108,8 @@ impl Default for BenchConfig {
             timeout_ms: 10_000,
             id_format: IdFormat::AsIs,
             progress: true,
+            bind_as: BindAs::Transceiver,
+            expect_receipts: None,
         }
     }
 }
@@ -120,6 +152,9 @@ pub struct BenchReport {
     /// Submits that got no response within the timeout.
     pub timeouts: u64,
     pub receipts: ReceiptCounts,
+    /// Seconds from the start of the run to the last receipt received (0:
+    /// none): with a receiver bind, how long a backlog took to arrive.
+    pub last_receipt_s: f64,
     pub mo_received: u64,
 }
 
@@ -153,8 +188,9 @@ impl std::fmt::Display for BenchReport {
         let r = &self.receipts;
         write!(
             f,
-            "  receipts: expected {} matched {} missing {} duplicated {} unknown {}; MO received {}",
-            r.expected, r.matched, r.missing, r.duplicated, r.unknown, self.mo_received
+            "  receipts: expected {} matched {} missing {} duplicated {} unknown {}, last at {:.2} s; MO received {}",
+            r.expected, r.matched, r.missing, r.duplicated, r.unknown, self.last_receipt_s,
+            self.mo_received
         )
     }
 }
@@ -185,6 +221,7 @@ struct BindResult {
     mo_received: u64,
     first_submit: Option<Instant>,
     last_response: Option<Instant>,
+    last_receipt: Option<Instant>,
 }
 
 /// Runs the load and returns the report. An error means the run could not
@@ -195,6 +232,9 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
     }
     if config.count.is_none() == config.duration_s.is_none() {
         return Err("give exactly one of --count and --duration-s".into());
+    }
+    if config.bind_as == BindAs::Receiver && config.count != Some(0) {
+        return Err("a receiver bind submits nothing: give --count 0".into());
     }
     if config.text.len() > crate::smpp::pdu::MAX_SHORT_MESSAGE_LEN {
         return Err(format!(
@@ -263,10 +303,10 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
             }
         }
     }
-    Ok(summarise(&config, results))
+    Ok(summarise(&config, results, started))
 }
 
-fn summarise(config: &BenchConfig, results: Vec<BindResult>) -> BenchReport {
+fn summarise(config: &BenchConfig, results: Vec<BindResult>, started: Instant) -> BenchReport {
     let mut report = BenchReport {
         binds: config.binds,
         window: config.window,
@@ -277,7 +317,9 @@ fn summarise(config: &BenchConfig, results: Vec<BindResult>) -> BenchReport {
     let mut receipts = Vec::new();
     let mut first: Option<Instant> = None;
     let mut last: Option<Instant> = None;
+    let mut last_receipt: Option<Instant> = None;
     for r in results {
+        last_receipt = last_receipt.max(r.last_receipt);
         let _ = latency.add(&r.latency);
         report.submitted += r.submitted;
         report.acknowledged += r.acknowledged;
@@ -312,6 +354,9 @@ fn summarise(config: &BenchConfig, results: Vec<BindResult>) -> BenchReport {
         max: latency.max(),
     };
     report.receipts = match_receipts(expected, receipts);
+    report.last_receipt_s = last_receipt.map_or(0.0, |at| {
+        at.saturating_duration_since(started).as_secs_f64()
+    });
     report
 }
 
@@ -472,6 +517,7 @@ impl BindLoad {
                 mo_received: 0,
                 first_submit: None,
                 last_response: None,
+                last_receipt: None,
             },
             config,
             progress,
@@ -523,8 +569,12 @@ impl BindLoad {
             ..Bind::default()
         };
         let seq = self.sequence.allocate();
-        conn.send(&Pdu::new(seq, Body::BindTransceiver(bind)))
-            .map_err(|e| e.to_string())?;
+        let body = match self.config.bind_as {
+            BindAs::Transceiver => Body::BindTransceiver(bind),
+            BindAs::Transmitter => Body::BindTransmitter(bind),
+            BindAs::Receiver => Body::BindReceiver(bind),
+        };
+        conn.send(&Pdu::new(seq, body)).map_err(|e| e.to_string())?;
         let answer = glommio::timer::timeout(Duration::from_secs(10), async {
             loop {
                 match conn.read_pdu().await {
@@ -536,7 +586,7 @@ impl BindLoad {
             }
         })
         .await
-        .map_err(|_| format!("bind {}: no bind_transceiver_resp in 10 s", self.index))?;
+        .map_err(|_| format!("bind {}: no bind response in 10 s", self.index))?;
         let pdu = answer.map_err(|e| format!("bind {}: {e}", self.index))?;
         if !pdu.command_status.is_ok() {
             return Err(format!(
@@ -618,10 +668,16 @@ impl BindLoad {
         if all_at_ms == 0 {
             return false;
         }
-        if !self.config.dlr {
-            return true;
-        }
-        let expected = self.progress.expected_receipts.load(Ordering::SeqCst);
+        let expected = match (self.config.bind_as, self.config.expect_receipts) {
+            // No receipt can reach a transmitter bind.
+            (BindAs::Transmitter, _) => return true,
+            (_, Some(expected)) => expected,
+            (BindAs::Receiver, None) => u64::MAX,
+            (BindAs::Transceiver, None) if self.config.dlr => {
+                self.progress.expected_receipts.load(Ordering::SeqCst)
+            }
+            (BindAs::Transceiver, None) => return true,
+        };
         let received = self.progress.receipts.load(Ordering::SeqCst);
         let waited_ms = self.now_ms().saturating_sub(all_at_ms);
         received >= expected || waited_ms as f64 >= self.config.dlr_wait_s * 1000.0
@@ -766,6 +822,7 @@ impl BindLoad {
             None => UNREADABLE_ID,
         };
         self.result.receipt_ids.push(hash);
+        self.result.last_receipt = Some(Instant::now());
         self.progress.receipts.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -862,6 +919,21 @@ mod tests {
             })
             .collect();
         assert_eq!(shares, vec![4, 3, 3]);
+    }
+
+    #[test]
+    fn bind_kinds_parse_and_a_receiver_submits_nothing() {
+        assert_eq!(BindAs::parse("receiver"), Some(BindAs::Receiver));
+        assert_eq!(BindAs::parse("transmitter"), Some(BindAs::Transmitter));
+        assert_eq!(BindAs::parse("transceiver"), Some(BindAs::Transceiver));
+        assert_eq!(BindAs::parse("trx"), None);
+        let config = BenchConfig {
+            bind_as: BindAs::Receiver,
+            count: Some(5),
+            ..BenchConfig::default()
+        };
+        let error = run(config).err().unwrap_or_default();
+        assert!(error.contains("--count 0"), "{error}");
     }
 
     #[test]

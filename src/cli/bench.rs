@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 
 use clap::{Args, Subcommand};
 
-use crate::bench::smpp::BenchConfig;
+use crate::bench::smpp::{BenchConfig, BindAs};
 use crate::smpp::receipt::IdFormat;
 
+// Parsed once at start-up and matched once: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// SMPP customer load: N transceiver binds, window W, optional receipts.
@@ -68,9 +70,23 @@ pub struct SmppArgs {
     /// as-is, hex, dec, hex-in-receipt-dec-in-resp, dec-in-receipt-hex-in-resp.
     #[arg(long, default_value = "as-is", value_parser = parse_id_format)]
     pub id_format: IdFormat,
+    /// transceiver, transmitter (receipts wait in the server) or receiver
+    /// (submits nothing, give --count 0; collects receipts).
+    #[arg(long = "bind", default_value = "transceiver", value_parser = parse_bind_as)]
+    pub bind_as: BindAs,
+    /// End once this many receipts arrived over all binds (at most
+    /// --dlr-wait-s after the last submit); default: one per acknowledged
+    /// submit with --dlr.
+    #[arg(long)]
+    pub expect_receipts: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_bind_as(text: &str) -> Result<BindAs, String> {
+    BindAs::parse(text)
+        .ok_or_else(|| format!("`{text}`: expected transceiver, transmitter or receiver"))
 }
 
 fn parse_id_format(text: &str) -> Result<IdFormat, String> {
@@ -111,6 +127,8 @@ fn run_smpp(args: SmppArgs) -> i32 {
         timeout_ms: args.timeout_ms,
         id_format: args.id_format,
         progress: true,
+        bind_as: args.bind_as,
+        expect_receipts: args.expect_receipts,
     };
     match crate::bench::smpp::run(config) {
         Ok(report) => {

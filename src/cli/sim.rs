@@ -83,6 +83,10 @@ pub struct SimArgs {
     /// Write totals and per-destination counts here at exit (JSON).
     #[arg(long)]
     pub report_json: Option<PathBuf>,
+    /// Send enquire_link on every bound connection this often, in ms, and
+    /// close a connection that leaves one unanswered for as long (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub enquire_link_ms: u64,
     /// Summary line period on stderr, in ms.
     #[arg(long, default_value_t = 1_000)]
     pub summary_every_ms: u64,
@@ -141,6 +145,7 @@ impl SimArgs {
             held_max: self.held_max,
             summary_every_ms: self.summary_every_ms,
             report_json: self.report_json,
+            enquire_link_ms: self.enquire_link_ms,
         })
     }
 }

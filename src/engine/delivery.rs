@@ -610,12 +610,10 @@ impl Hub {
                 let mut last = None;
                 let mut count = 0;
                 let mut loaded = Vec::new();
+                // A seek to `after`: a pass over n deliveries costs
+                // O(n log n), not the O(n^2 / page) of walking from the start.
                 for (id, pending) in state
-                    .deliveries_for_node(node)
-                    .filter(|(id, _)| match after {
-                        Some(a) => *id > a,
-                        None => true,
-                    })
+                    .deliveries_for_node_after(node, after)
                     .take(RESCAN_PAGE)
                 {
                     last = Some(id);

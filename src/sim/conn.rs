@@ -1,7 +1,8 @@
 //! One simulator connection: the SMSC side of an SMPP session.
 //!
 //! Owns: the bind state of one connection, its answers to each PDU (with the
-//! configured faults), its delayed responses, and, on a receiver bind, the
+//! configured faults), its delayed responses, its enquire_link keep-alive
+//! (when configured), and, on a receiver bind, the
 //! window of deliver_sm it has outstanding and their retries. Must not touch:
 //! other connections (receipts reach them only through `Core`).
 
@@ -44,6 +45,10 @@ struct Connection {
     delayed: VecDeque<(u64, Pdu)>,
     submits: u64,
     closing: bool,
+    /// When the next enquire_link goes out (bound connections only).
+    enquire_due_ms: u64,
+    /// The enquire_link awaiting its response: (sequence_number, sent at).
+    enquire_outstanding: Option<(u32, u64)>,
 }
 
 /// Serves one accepted connection until it closes or the simulator stops.
@@ -61,6 +66,8 @@ pub(super) async fn serve(core: Rc<Core>, stream: TcpStream) {
         delayed: VecDeque::new(),
         submits: 0,
         closing: false,
+        enquire_due_ms: u64::MAX,
+        enquire_outstanding: None,
         core,
     };
     let outcome = c.run().await;
@@ -90,6 +97,10 @@ impl Connection {
             self.send_due_responses(now)?;
             self.retry_expired(now);
             self.send_outbound(now)?;
+            self.keep_alive(now)?;
+            if self.closing {
+                break;
+            }
             let wait_ms = self.next_wake_ms(now);
             let event = match &self.receiver {
                 Some(receiver) => {
@@ -145,7 +156,48 @@ impl Connection {
         if let Some(deadline) = self.window.next_deadline_ms() {
             wake = wake.min(deadline);
         }
+        wake = wake.min(self.enquire_due_ms);
+        if let Some((_, sent_ms)) = self.enquire_outstanding {
+            wake = wake.min(sent_ms.saturating_add(self.core.config.enquire_link_ms));
+        }
         wake.saturating_sub(now).max(1)
+    }
+
+    /// The SMSC's side of the link check: an enquire_link every period on a
+    /// bound connection, one at a time; a peer that leaves one unanswered
+    /// for a whole period is taken for dead and the connection is closed.
+    fn keep_alive(&mut self, now: u64) -> Result<(), PeerError> {
+        let period_ms = self.core.config.enquire_link_ms;
+        if period_ms == 0 || !self.session.state().is_bound() {
+            return Ok(());
+        }
+        if let Some((_, sent_ms)) = self.enquire_outstanding {
+            if now >= sent_ms.saturating_add(period_ms) {
+                self.core.count(Counter::EnquireLinksUnanswered);
+                self.core.count(Counter::ConnectionsDropped);
+                self.closing = true;
+            }
+            return Ok(());
+        }
+        if now < self.enquire_due_ms {
+            return Ok(());
+        }
+        let seq = self.sequence.allocate();
+        self.conn.send(&Pdu::new(seq, Body::EnquireLink))?;
+        self.core.count(Counter::EnquireLinksSent);
+        self.enquire_outstanding = Some((seq, now));
+        self.enquire_due_ms = now.saturating_add(period_ms);
+        Ok(())
+    }
+
+    fn on_enquire_link_resp(&mut self, seq: u32) {
+        if self
+            .enquire_outstanding
+            .is_some_and(|(outstanding, _)| outstanding == seq)
+        {
+            self.core.count(Counter::EnquireLinkResps);
+            self.enquire_outstanding = None;
+        }
     }
 
     fn send_due_responses(&mut self, now: u64) -> Result<(), PeerError> {
@@ -323,6 +375,10 @@ impl Connection {
                 self.closing = true;
                 Ok(())
             }
+            Body::EnquireLinkResp => {
+                self.on_enquire_link_resp(seq);
+                Ok(())
+            }
             _ if command.is_response() => Ok(()),
             _ => {
                 // query_sm, data_sm, submit_multi and the like: not simulated.
@@ -375,6 +431,12 @@ impl Connection {
             _ => Body::BindTransceiverResp(body),
         };
         self.conn.send(&Pdu::new(seq, body))?;
+        if self.core.config.enquire_link_ms > 0 {
+            self.enquire_due_ms = self
+                .core
+                .now_ms()
+                .saturating_add(self.core.config.enquire_link_ms);
+        }
         if state.can_receive() {
             let queue = Rc::new(ReceiverQueue {
                 system_id: self.system_id,

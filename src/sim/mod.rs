@@ -136,6 +136,10 @@ pub struct SimConfig {
     pub held_max: usize,
     pub summary_every_ms: u64,
     pub report_json: Option<PathBuf>,
+    /// Period of the enquire_link the simulator sends on every bound
+    /// connection, as real SMSCs do (0: never). One left unanswered for a
+    /// whole period closes the connection.
+    pub enquire_link_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -164,6 +168,7 @@ impl Default for SimConfig {
             held_max: 1_000_000,
             summary_every_ms: 1_000,
             report_json: None,
+            enquire_link_ms: 0,
         }
     }
 }
@@ -207,6 +212,9 @@ counters! {
     MoDropped => "mo_dropped",
     GenericNacks => "generic_nacks",
     EnquireLinks => "enquire_links",
+    EnquireLinksSent => "enquire_links_sent",
+    EnquireLinkResps => "enquire_link_resps",
+    EnquireLinksUnanswered => "enquire_links_unanswered",
     ConnectionsDropped => "connections_dropped",
 }
 

@@ -507,6 +507,24 @@ impl AppState {
             .filter_map(|id| self.core.pending.get(id).map(|p| (*id, p)))
     }
 
+    /// `deliveries_for_node` from just after `after` (from the start when
+    /// None): a page of a rescan costs a seek and the page, not a walk over
+    /// every delivery before it.
+    pub fn deliveries_for_node_after(
+        &self,
+        node: NodeId,
+        after: Option<MessageId>,
+    ) -> impl Iterator<Item = (MessageId, &PendingDelivery)> + '_ {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.ix
+            .deliveries_by_node
+            .get(&node)
+            .into_iter()
+            .flat_map(move |ids| ids.range((from, Bound::Unbounded)))
+            .filter_map(|id| self.core.pending.get(id).map(|p| (*id, p)))
+    }
+
     pub fn pending_delivery(&self, id: &MessageId) -> Option<&PendingDelivery> {
         self.core.pending.get(id)
     }
@@ -2335,6 +2353,38 @@ mod tests {
             ],
         );
         assert_eq!(state.deliveries_for_node(2).count(), 10);
+    }
+
+    #[test]
+    fn deliveries_for_a_node_page_from_an_id() {
+        let mut state = with_account();
+        run(&mut state, &[bind(1, 10, BindKind::Receiver)]);
+        for n in 1..=5 {
+            let upstream = format!("U{n}");
+            run(
+                &mut state,
+                &[
+                    accept(n, 1, 1),
+                    submitted(n, &upstream),
+                    receipt(&upstream, 2),
+                ],
+            );
+        }
+        let page = |state: &AppState, after| -> Vec<MessageId> {
+            state
+                .deliveries_for_node_after(1, after)
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let all: Vec<MessageId> = state.deliveries_for_node(1).map(|(id, _)| id).collect();
+        assert_eq!(all, (1..=5).map(id).collect::<Vec<_>>());
+        assert_eq!(page(&state, None), all);
+        assert_eq!(page(&state, Some(id(2))), vec![id(3), id(4), id(5)]);
+        assert_eq!(page(&state, Some(id(5))), Vec::<MessageId>::new());
+        assert_eq!(state.deliveries_for_node_after(2, None).count(), 0);
+        // Delivered ones leave the index; the page goes on after them.
+        run(&mut state, &[Command::DlrDelivered { id: id(3) }]);
+        assert_eq!(page(&state, Some(id(2))), vec![id(4), id(5)]);
     }
 
     #[test]
