@@ -14,6 +14,8 @@
 //! no borrow held across an await.
 
 pub mod admin;
+pub mod api;
+pub mod rfc3339;
 pub mod rt;
 
 use std::cell::Cell;
@@ -89,11 +91,13 @@ pub struct HttpContext {
     shard: Rc<Shard>,
     settings: HttpSettings,
     open_connections: Cell<usize>,
+    api: api::ApiState,
 }
 
 impl HttpContext {
     pub fn new(shard: Rc<Shard>, settings: HttpSettings) -> HttpContext {
         HttpContext {
+            api: api::ApiState::new(shard.cores()),
             shard,
             settings,
             open_connections: Cell::new(0),
@@ -123,6 +127,10 @@ impl HttpContext {
 
     pub fn open_connections(&self) -> usize {
         self.open_connections.get()
+    }
+
+    pub(crate) fn api(&self) -> &api::ApiState {
+        &self.api
     }
 }
 
@@ -285,34 +293,70 @@ async fn serve_connection(
 
 /// Dispatches one request by method and path.
 async fn route(context: Rc<HttpContext>, request: Request<Incoming>, face: Face) -> HttpResponse {
-    let path = request.uri().path();
-    let is_admin = path == "/admin" || path.starts_with("/admin/");
-    if is_admin {
-        let admin_here = match face {
-            Face::Admin => true,
-            Face::Main => context.settings.admin_listen.is_none(),
+    match Route::of(
+        request.method(),
+        request.uri().path(),
+        face,
+        &context.settings,
+    ) {
+        Route::Health => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        Route::Ready => ready(&context),
+        Route::Metrics => metrics(),
+        Route::OpenApi => api::openapi(),
+        Route::Submit => api::submit(&context, request).await,
+        Route::Lookup => api::lookup(&context, request).await,
+        Route::Admin => admin::handle(context, request).await,
+        Route::MethodNotAllowed => method_not_allowed(),
+        Route::NotFound => not_found(),
+    }
+}
+
+/// Where a request goes, decided from its method and path alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Health,
+    Ready,
+    Metrics,
+    OpenApi,
+    Submit,
+    Lookup,
+    Admin,
+    MethodNotAllowed,
+    NotFound,
+}
+
+impl Route {
+    fn of(method: &Method, path: &str, face: Face, settings: &HttpSettings) -> Route {
+        if path == "/admin" || path.starts_with("/admin/") {
+            let admin_here = match face {
+                Face::Admin => true,
+                Face::Main => settings.admin_listen.is_none(),
+            };
+            return if admin_here {
+                Route::Admin
+            } else {
+                Route::NotFound
+            };
+        }
+        if face == Face::Admin && path != "/health" {
+            return Route::NotFound;
+        }
+        let (route, wanted) = match path {
+            "/health" => (Route::Health, Method::GET),
+            "/ready" => (Route::Ready, Method::GET),
+            "/metrics" => (Route::Metrics, Method::GET),
+            "/v1/openapi.json" => (Route::OpenApi, Method::GET),
+            "/v1/messages" => (Route::Submit, Method::POST),
+            p if p.len() > "/v1/messages/".len() && p.starts_with("/v1/messages/") => {
+                (Route::Lookup, Method::GET)
+            }
+            _ => return Route::NotFound,
         };
-        if admin_here {
-            return admin::handle(context, request).await;
+        if *method == wanted {
+            route
+        } else {
+            Route::MethodNotAllowed
         }
-        return not_found();
-    }
-    if face == Face::Admin && path != "/health" {
-        return not_found();
-    }
-    let method = request.method().clone();
-    match (path, method) {
-        ("/health", Method::GET) => {
-            json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-        }
-        ("/ready", Method::GET) => ready(&context),
-        ("/metrics", Method::GET) => metrics(),
-        ("/health" | "/ready" | "/metrics", _) => json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this path does not accept that method",
-        ),
-        _ => not_found(),
     }
 }
 
@@ -406,6 +450,14 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Ht
     response
 }
 
+fn method_not_allowed() -> HttpResponse {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not accept that method",
+    )
+}
+
 pub fn not_found() -> HttpResponse {
     json_error(StatusCode::NOT_FOUND, "not_found", "no such resource")
 }
@@ -466,6 +518,64 @@ mod tests {
         assert_eq!(
             body_json(response),
             serde_json::json!({"error": {"code": "body_too_large", "message": "too big"}})
+        );
+    }
+
+    #[test]
+    fn routes_by_method_and_path() {
+        let settings = HttpSettings {
+            listen: "127.0.0.1:8080".parse().expect("address"),
+            admin_listen: None,
+            admin_token: String::new(),
+            max_body_bytes: 1024,
+            max_connections_per_core: 10,
+        };
+        let apart = HttpSettings {
+            admin_listen: Some("127.0.0.1:8081".parse().expect("address")),
+            ..settings.clone()
+        };
+        let of = |method: Method, path: &str, face: Face, settings: &HttpSettings| {
+            Route::of(&method, path, face, settings)
+        };
+        assert_eq!(
+            of(Method::GET, "/health", Face::Main, &settings),
+            Route::Health
+        );
+        assert_eq!(
+            of(Method::POST, "/v1/messages", Face::Main, &settings),
+            Route::Submit
+        );
+        assert_eq!(
+            of(Method::GET, "/v1/messages", Face::Main, &settings),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(
+            of(Method::GET, "/v1/messages/abc", Face::Main, &settings),
+            Route::Lookup
+        );
+        assert_eq!(
+            of(Method::GET, "/v1/messages/", Face::Main, &settings),
+            Route::NotFound
+        );
+        assert_eq!(
+            of(Method::GET, "/admin/accounts", Face::Main, &settings),
+            Route::Admin
+        );
+        assert_eq!(
+            of(Method::GET, "/admin/accounts", Face::Main, &apart),
+            Route::NotFound
+        );
+        assert_eq!(
+            of(Method::GET, "/admin/accounts", Face::Admin, &apart),
+            Route::Admin
+        );
+        assert_eq!(
+            of(Method::POST, "/v1/messages", Face::Admin, &apart),
+            Route::NotFound
+        );
+        assert_eq!(
+            of(Method::GET, "/nope", Face::Main, &settings),
+            Route::NotFound
         );
     }
 
