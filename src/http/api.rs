@@ -220,13 +220,28 @@ struct Plan {
     client_ref: Option<String>,
 }
 
+/// Why a request's headers or content are refused, before it becomes the
+/// JSON error answer (kept small: it travels in `Result`s).
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn response(self) -> HttpResponse {
+        json_error(self.status, self.code, &self.message)
+    }
+}
+
 /// A refusal of the request's content: 422 with a field-specific message.
-fn invalid(message: impl Into<String>) -> HttpResponse {
-    json_error(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-        &message.into(),
-    )
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "validation_failed",
+        message: message.into(),
+    }
 }
 
 // -------------------------------------------------------------- endpoints
@@ -253,7 +268,7 @@ pub async fn submit(context: &HttpContext, request: Request<Incoming>) -> HttpRe
     };
     let idempotency_key = match idempotency_key(&request) {
         Ok(key) => key,
-        Err(response) => return response,
+        Err(refusal) => return refusal.response(),
     };
     let body = match read_body(context, request).await {
         Ok(body) => body,
@@ -272,7 +287,7 @@ pub async fn submit(context: &HttpContext, request: Request<Incoming>) -> HttpRe
     let received_at_ms = unix_now_ms();
     let plan = match plan(context.api(), &account, parsed, received_at_ms) {
         Ok(plan) => plan,
-        Err(response) => return response,
+        Err(refusal) => return refusal.response(),
     };
     let count = plan.recipients.len() * plan.parts.len();
     let shard = context.shard();
@@ -465,7 +480,7 @@ fn unauthorized(message: &str) -> HttpResponse {
     response
 }
 
-fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, HttpResponse> {
+fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Refusal> {
     let Some(value) = request.headers().get("idempotency-key") else {
         return Ok(None);
     };
@@ -474,13 +489,13 @@ fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, HttpRe
         || bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES
         || !bytes.iter().all(|b| b.is_ascii_graphic())
     {
-        return Err(json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
-            &format!(
+        return Err(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_idempotency_key",
+            message: format!(
                 "Idempotency-Key must be 1..={MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII characters"
             ),
-        ));
+        });
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
@@ -494,7 +509,7 @@ fn plan(
     account: &Account,
     request: SubmitRequest,
     now_ms: u64,
-) -> Result<Plan, HttpResponse> {
+) -> Result<Plan, Refusal> {
     let recipients = match request.to {
         Recipients::One(to) => vec![to],
         Recipients::Many(list) => list,
@@ -506,17 +521,15 @@ fn plan(
         )));
     }
     let source = source_address(&request.from)?;
-    if !account.allowed_senders.is_empty()
-        && !account.allowed_senders.iter().any(|s| *s == source.digits)
-    {
-        return Err(json_error(
-            StatusCode::FORBIDDEN,
-            "sender_not_allowed",
-            &format!(
+    if !account.allowed_senders.is_empty() && !account.allowed_senders.contains(&source.digits) {
+        return Err(Refusal {
+            status: StatusCode::FORBIDDEN,
+            code: "sender_not_allowed",
+            message: format!(
                 "`from` {:?} is not an allowed sender of this account",
                 request.from
             ),
-        ));
+        });
     }
     let destinations = recipients
         .iter()
@@ -614,7 +627,7 @@ fn plan(
 
 /// Runs the SMPP submit_sm checks on what each accept will carry, so both
 /// faces refuse the same messages.
-fn check_as_smpp(plan: &Plan) -> Result<(), HttpResponse> {
+fn check_as_smpp(plan: &Plan) -> Result<(), Refusal> {
     let smpp_address = |a: &Address| {
         pdu::Address::new(a.digits.as_bytes())
             .ok_or_else(|| invalid(format!("address {:?} is too long", a.digits)))
@@ -660,7 +673,7 @@ fn http_field(smpp_field: &str) -> &str {
 /// `from`: letters make an alphanumeric sender (TON 5), up to
 /// [`MAX_SHORT_CODE_DIGITS`] digits a short code (TON 3), more digits (or a
 /// leading `+`) an E.164 number (TON 1, NPI 1).
-fn source_address(from: &str) -> Result<Address, HttpResponse> {
+fn source_address(from: &str) -> Result<Address, Refusal> {
     if from.is_empty() {
         return Err(invalid("`from` is empty"));
     }
@@ -686,7 +699,7 @@ fn source_address(from: &str) -> Result<Address, HttpResponse> {
 }
 
 /// `to`: an E.164 number, digits with an optional leading `+`.
-fn destination_address(to: &str) -> Result<Address, HttpResponse> {
+fn destination_address(to: &str) -> Result<Address, Refusal> {
     let digits = to.strip_prefix('+').unwrap_or(to);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid(format!(
@@ -1024,10 +1037,10 @@ mod tests {
         serde_json::from_value(json).expect("a request")
     }
 
-    fn status_of(result: Result<Plan, HttpResponse>) -> StatusCode {
+    fn status_of(result: Result<Plan, Refusal>) -> StatusCode {
         match result {
             Ok(_) => StatusCode::OK,
-            Err(response) => response.status(),
+            Err(refusal) => refusal.status,
         }
     }
 
@@ -1040,7 +1053,6 @@ mod tests {
             request(serde_json::json!({"from": "Acme", "to": "+4915112345678", "text": "hi"})),
             0,
         )
-        .ok()
         .expect("valid");
         assert_eq!(plan.parts.len(), 1);
         assert_eq!(plan.encoding, Encoding::Gsm7);
@@ -1059,7 +1071,6 @@ mod tests {
             request(serde_json::json!({"from": "12345", "to": ["491511", "491512"], "text": text})),
             0,
         )
-        .ok()
         .expect("valid");
         assert_eq!(plan.encoding, Encoding::Ucs2);
         assert_eq!(plan.data_coding, 8);
@@ -1138,7 +1149,6 @@ mod tests {
             })),
             now_ms,
         )
-        .ok()
         .expect("valid");
         assert_eq!(plan.validity_until_ms, Some(now_ms + 3_600_000));
         assert_eq!(plan.scheduled_at_ms, Some(now_ms + 1_800_000));
