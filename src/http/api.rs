@@ -985,11 +985,20 @@ fn store_error(e: ProposeError) -> HttpResponse {
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
-        ProposeError::Stopped => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the node is stopping",
-        ),
+        ProposeError::Stopped => {
+            // Also what a reply dropped without an answer looks like, so it
+            // is not "stopping" for sure: retrying is the safe advice.
+            let mut response = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store gave no answer (the node may be stopping); retry, with the same \
+                 Idempotency-Key to avoid a duplicate",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
     }
 }
 
