@@ -17,6 +17,36 @@ pub enum BenchCommand {
     Smpp(SmppArgs),
     /// Committed proposals per second and commit latency of the replicated store.
     Store(super::bench_store::BenchStoreArgs),
+    /// HTTP submit load: N keep-alive connections posting to /v1/messages.
+    Http(HttpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// HTTP server of `tern serve`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub target: SocketAddr,
+    /// The account's API key (bearer token).
+    #[arg(long, default_value = "trial")]
+    pub api_key: String,
+    /// Keep-alive connections, spread across cores; one request in flight each.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Send for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+    /// The JSON body of every request.
+    #[arg(
+        long,
+        default_value = r#"{"from":"TERN","to":"447900000001","text":"Hello from tern bench"}"#
+    )]
+    pub body: String,
+    /// Cores to run on, e.g. `1` (default: all this process may use).
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Vec<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +134,39 @@ pub fn run(command: BenchCommand) -> i32 {
     match command {
         BenchCommand::Smpp(args) => run_smpp(args),
         BenchCommand::Store(args) => super::bench_store::run(args),
+        BenchCommand::Http(args) => run_http(args),
+    }
+}
+
+fn run_http(args: HttpArgs) -> i32 {
+    let json = args.json;
+    let config = crate::bench::http::HttpBenchConfig {
+        target: args.target,
+        api_key: args.api_key,
+        connections: args.connections,
+        duration_s: args.duration_s,
+        body: args.body,
+        cores: args.cores,
+    };
+    match crate::bench::http::run(config) {
+        Ok(report) if json => match serde_json::to_string(&report) {
+            Ok(text) => {
+                println!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("tern bench http: {e}");
+                1
+            }
+        },
+        Ok(report) => {
+            println!("{report}");
+            0
+        }
+        Err(e) => {
+            eprintln!("tern bench http: {e}");
+            1
+        }
     }
 }
 
