@@ -22,10 +22,10 @@
 //! comes from the store's rule: the first final receipt of any part.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::AtomicUsize;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,12 +35,12 @@ use rand::Rng;
 
 use super::{status, unix_now_ms, ConnectorShared, Job, Outcome};
 use crate::config::LongMessages;
-use crate::smpp::segment::{self, Carriage, ConcatReference};
 use crate::metrics::Histogram;
 use crate::peer::{Event, LocalNotify, PduConnection, PeerConfig};
 use crate::smpp::frame::Frame;
 use crate::smpp::pdu::{Bind, Body, DeliverSm, DeliverSmResp, Pdu, SubmitSm};
 use crate::smpp::receipt::{identify_receipt, ReceiptSyntax};
+use crate::smpp::segment::{self, Carriage, ConcatReference};
 use crate::smpp::session::{KeepAlive, KeepAliveConfig, ResponseMatch, SequenceNumbers, Window};
 use crate::smpp::status::CommandStatus;
 use crate::smpp::text::{DataCoding, DefaultAlphabet};
@@ -194,7 +194,12 @@ pub async fn run(context: Rc<CoreContext>, spec: BindSpec) {
         }
         // Half fixed, half random: binds that fell together spread out.
         let jitter = rand::thread_rng().gen_range(0..=delay_ms / 2);
-        sleep_unless_stopped(&context, connector, Duration::from_millis(delay_ms / 2 + jitter)).await;
+        sleep_unless_stopped(
+            &context,
+            connector,
+            Duration::from_millis(delay_ms / 2 + jitter),
+        )
+        .await;
         delay_ms = delay_ms.saturating_mul(2).min(max_ms);
     }
 }
@@ -277,7 +282,10 @@ struct Split {
 /// What one submit_sm in the window stands for.
 enum Sent {
     Whole(Job),
-    Part { split: Rc<RefCell<Split>>, seqnum: usize },
+    Part {
+        split: Rc<RefCell<Split>>,
+        seqnum: usize,
+    },
 }
 
 struct Session<'a> {
@@ -322,9 +330,8 @@ impl<'a> Session<'a> {
             ),
             tokens: 1.0,
             refilled_ms: now_ms,
-            rate_per_s: (config.throughput_per_s > 0).then(|| {
-                f64::from(config.throughput_per_s) / f64::from(config.bind_count.max(1))
-            }),
+            rate_per_s: (config.throughput_per_s > 0)
+                .then(|| f64::from(config.throughput_per_s) / f64::from(config.bind_count.max(1))),
             responses: Rc::new(RefCell::new(VecDeque::new())),
             deliveries_in_flight: Rc::new(Cell::new(0)),
             notify: Rc::new(LocalNotify::new()),
@@ -380,9 +387,8 @@ impl<'a> Session<'a> {
             let now_ms = self.context.now_ms();
             // A retired connector finishes what the operator holds, then
             // unbinds; what was queued goes back to the dispatcher.
-            let retired_and_done = self.connector.is_retired()
-                && self.window.is_empty()
-                && self.parts.is_empty();
+            let retired_and_done =
+                self.connector.is_retired() && self.window.is_empty() && self.parts.is_empty();
             if self.context.stopping() || retired_and_done {
                 let seq = self.seq.allocate();
                 let _ = conn.send(&Pdu::new(seq, Body::Unbind));
@@ -1018,9 +1024,15 @@ mod tests {
         }
     }
 
+    fn one(accept: &Accept, mode: LongMessages) -> SubmitSm {
+        let mut pdus = submits_for(accept, DefaultAlphabet::Gsm7, mode, 0x1234_5678).expect("sm");
+        assert_eq!(pdus.len(), 1, "one submit_sm");
+        pdus.remove(0)
+    }
+
     #[test]
     fn short_and_long_messages_go_as_stored() {
-        let sm = submit_sm_for(&accept(b"hi".to_vec(), 0), DefaultAlphabet::Gsm7).expect("sm");
+        let sm = one(&accept(b"hi".to_vec(), 0), LongMessages::AsSubmitted);
         assert_eq!(&sm.short_message[..], b"hi");
         assert_eq!(sm.esm_class, 0x40, "UDHI kept");
         assert_eq!(
@@ -1028,12 +1040,146 @@ mod tests {
             "the operator's receipt is always asked for"
         );
         let long = vec![b'x'; 300];
-        let sm = submit_sm_for(&accept(long.clone(), 8), DefaultAlphabet::Gsm7).expect("sm");
+        let sm = one(&accept(long.clone(), 8), LongMessages::AsSubmitted);
         assert!(sm.short_message.is_empty());
         assert_eq!(sm.message(), Bytes::from(long));
         let mut bad = accept(b"hi".to_vec(), 0);
         bad.destination.digits = "1".repeat(40);
-        assert!(submit_sm_for(&bad, DefaultAlphabet::Gsm7).is_none());
+        assert!(submits_for(&bad, DefaultAlphabet::Gsm7, LongMessages::Udh, 0).is_none());
+    }
+
+    /// An unsegmented GSM text of `len` septets.
+    fn long_text(len: usize) -> Accept {
+        let mut a = accept((0..len).map(|i| b'a' + (i % 26) as u8).collect(), 0);
+        a.esm_class = 0;
+        a
+    }
+
+    #[test]
+    fn as_submitted_keeps_long_text_in_one_pdu() {
+        let a = long_text(200);
+        let sm = one(&a, LongMessages::AsSubmitted);
+        assert_eq!(
+            &sm.short_message[..],
+            &a.payload[..],
+            "200 octets fit short_message"
+        );
+        assert!(sm.tlvs.sar_msg_ref_num().is_none());
+    }
+
+    #[test]
+    fn udh_mode_splits_with_a_concatenation_header() {
+        let a = long_text(400);
+        let pdus =
+            submits_for(&a, DefaultAlphabet::Gsm7, LongMessages::Udh, 0x1234_5678).expect("parts");
+        assert_eq!(pdus.len(), 3, "400 septets at 153 a part");
+        let mut body = Vec::new();
+        for (i, sm) in pdus.iter().enumerate() {
+            assert_eq!(sm.esm_class & 0x40, 0x40, "UDHI set");
+            let seqnum = u8::try_from(i + 1).expect("small");
+            assert_eq!(
+                &sm.short_message[..6],
+                &[0x05, 0x00, 0x03, 0x78, 3, seqnum],
+                "8-bit reference from the id hash, total, seqnum"
+            );
+            assert!(sm.short_message.len() <= 6 + 153);
+            assert!(sm
+                .tlvs
+                .get(crate::smpp::tlv::tag::MESSAGE_PAYLOAD)
+                .is_none());
+            body.extend_from_slice(&sm.short_message[6..]);
+        }
+        assert_eq!(body, a.payload, "the parts carry the whole text in order");
+        // A message that fits one SMS goes as one, without a header.
+        let sm = one(&long_text(160), LongMessages::Udh);
+        assert_eq!(sm.esm_class & 0x40, 0);
+        assert_eq!(sm.short_message.len(), 160);
+    }
+
+    #[test]
+    fn sar_mode_splits_with_sar_tlvs() {
+        let a = long_text(400);
+        let pdus =
+            submits_for(&a, DefaultAlphabet::Gsm7, LongMessages::Sar, 0x1234_5678).expect("parts");
+        assert_eq!(pdus.len(), 3, "400 septets at 152 a part");
+        let mut body = Vec::new();
+        for (i, sm) in pdus.iter().enumerate() {
+            assert_eq!(sm.esm_class & 0x40, 0, "no UDH");
+            assert_eq!(sm.tlvs.sar_msg_ref_num(), Some(0x5678));
+            assert_eq!(sm.tlvs.sar_total_segments(), Some(3));
+            assert_eq!(
+                sm.tlvs.sar_segment_seqnum(),
+                Some(u8::try_from(i + 1).expect("small"))
+            );
+            body.extend_from_slice(&sm.short_message);
+        }
+        assert_eq!(body, a.payload);
+    }
+
+    #[test]
+    fn ucs2_is_split_on_character_boundaries() {
+        let mut a = accept(vec![0x04, 0x10].repeat(150), 8);
+        a.esm_class = 0;
+        let pdus = submits_for(&a, DefaultAlphabet::Gsm7, LongMessages::Udh, 7).expect("parts");
+        assert_eq!(pdus.len(), 3, "150 UCS-2 characters at 67 a part");
+        assert!(pdus.iter().all(|sm| (sm.short_message.len() - 6) % 2 == 0));
+        assert!(pdus.iter().all(|sm| sm.data_coding == 8));
+    }
+
+    #[test]
+    fn payload_mode_sends_a_long_message_whole_in_message_payload() {
+        let a = long_text(200);
+        let sm = one(&a, LongMessages::Payload);
+        assert!(sm.short_message.is_empty());
+        assert_eq!(sm.message(), Bytes::from(a.payload.clone()));
+        assert_eq!(sm.esm_class & 0x40, 0);
+        let short = one(&long_text(100), LongMessages::Payload);
+        assert_eq!(
+            short.short_message.len(),
+            100,
+            "one SMS stays in short_message"
+        );
+    }
+
+    #[test]
+    fn parts_from_the_customer_go_as_parts_in_every_mode() {
+        // A UDH part (esm_class 0x40 in `accept`): never split again.
+        let mut udh_part = accept(vec![b'x'; 159], 0);
+        udh_part.segment = Some(crate::store::command::SegmentInfo {
+            reference: 9,
+            total: 2,
+            sequence: 1,
+        });
+        // A SAR part: its SAR values go to the operator too.
+        let mut sar_part = udh_part.clone();
+        sar_part.esm_class = 0;
+        sar_part.payload = vec![b'y'; 152];
+        for mode in [
+            LongMessages::AsSubmitted,
+            LongMessages::Udh,
+            LongMessages::Sar,
+            LongMessages::Payload,
+        ] {
+            let sm = one(&udh_part, mode);
+            assert_eq!(&sm.short_message[..], &udh_part.payload[..], "{mode:?}");
+            assert_eq!(sm.esm_class & 0x40, 0x40);
+            let sm = one(&sar_part, mode);
+            assert_eq!(sm.short_message.len(), 152, "{mode:?}");
+            assert_eq!(sm.tlvs.sar_msg_ref_num(), Some(9));
+            assert_eq!(sm.tlvs.sar_total_segments(), Some(2));
+            assert_eq!(sm.tlvs.sar_segment_seqnum(), Some(1));
+        }
+    }
+
+    #[test]
+    fn latin1_operator_label_applies_to_every_part() {
+        let a = long_text(400);
+        let pdus = submits_for(&a, DefaultAlphabet::Latin1, LongMessages::Udh, 1).expect("parts");
+        assert_eq!(pdus.len(), 3);
+        assert!(
+            pdus.iter().all(|sm| sm.data_coding == 0xF1),
+            "GSM text to a Latin-1 operator is labelled 0xF1 on every part"
+        );
     }
 
     #[test]

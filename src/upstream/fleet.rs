@@ -247,7 +247,10 @@ mod tests {
     impl Rig {
         /// Every bind spec sent since the last call, core by core.
         fn spawned(&self) -> Vec<Vec<BindSpec>> {
-            self.cores.iter().map(|rx| rx.try_iter().collect()).collect()
+            self.cores
+                .iter()
+                .map(|rx| rx.try_iter().collect())
+                .collect()
         }
     }
 
@@ -332,7 +335,12 @@ mod tests {
         assert!(restarted[0].iter().all(|s| s.connector.name == "a"));
         assert!(first[0][0].connector.is_retired(), "the old a retired");
         assert!(!first[0][2].connector.is_retired(), "b kept running");
-        let new_a = rig.fleet.running().iter().find(|c| c.name == "a").expect("a");
+        let new_a = rig
+            .fleet
+            .running()
+            .iter()
+            .find(|c| c.name == "a")
+            .expect("a");
         assert_ne!(new_a.key, a_key, "a new instance");
         assert_eq!(new_a.record.window, 20);
     }
@@ -396,7 +404,9 @@ mod tests {
         rig.fleet.running()[0]
             .submitted
             .fetch_add(5, Ordering::Relaxed);
-        rig.fleet.running()[0].failed.fetch_add(2, Ordering::Relaxed);
+        rig.fleet.running()[0]
+            .failed
+            .fetch_add(2, Ordering::Relaxed);
         let mut changed = record("a");
         changed.bind_count = 3;
         rig.fleet.reconcile(vec![changed.clone()]);

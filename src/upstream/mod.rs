@@ -273,7 +273,10 @@ impl StatusHandle {
                     enabled: e.enabled,
                     binds_configured: live.map_or(0, |c| count(c.binds_configured())),
                     binds_up: live.map_or(0, |c| count(c.bound.load(Ordering::Relaxed))),
-                    last_error: e.invalid.clone().or_else(|| live.and_then(|c| c.last_error())),
+                    last_error: e
+                        .invalid
+                        .clone()
+                        .or_else(|| live.and_then(|c| c.last_error())),
                     submitted: live.map_or(e.carried.0, |c| c.submitted.load(Ordering::Relaxed)),
                     failed: live.map_or(e.carried.1, |c| c.failed.load(Ordering::Relaxed)),
                 }
