@@ -1118,7 +1118,7 @@ mod tests {
 
     #[test]
     fn ucs2_is_split_on_character_boundaries() {
-        let mut a = accept(vec![0x04, 0x10].repeat(150), 8);
+        let mut a = accept([0x04, 0x10].repeat(150), 8);
         a.esm_class = 0;
         let pdus = submits_for(&a, DefaultAlphabet::Gsm7, LongMessages::Udh, 7).expect("parts");
         assert_eq!(pdus.len(), 3, "150 UCS-2 characters at 67 a part");
