@@ -4,8 +4,9 @@
 //! processes. Committing `UpsertConnector` + `UpsertRoute` makes messages
 //! flow through the new connector without a restart (a long one split into
 //! UDH parts, one submit_sm each, every part's id matched to the message);
-//! disabling the primary moves traffic to the failover connector; and the
-//! operator status shows each step.
+//! disabling the primary moves traffic to the failover connector; enabling
+//! it again with changed settings restarts its binds and takes the traffic
+//! back; and the operator status shows each step.
 
 mod common;
 
@@ -326,6 +327,35 @@ fn connectors_added_and_disabled_at_run_time_carry_traffic_without_restart() {
     assert_eq!(find(&status, "dyn-a").map(|c| c.submitted), Some(23));
     assert_eq!(find(&status, "dyn-b").map(|c| c.submitted), Some(20));
 
+    // Enabled again with other settings (two binds, another window): new
+    // binds start and the primary takes the traffic back.
+    let mut changed = connector("dyn-a", primary_port);
+    changed.bind_count = 2;
+    changed.window = 5;
+    assert_eq!(
+        propose(&store, &Command::UpsertConnector(changed)),
+        ApplyOutcome::Applied
+    );
+    wait_status("the primary bound twice", |s| {
+        find(s, "dyn-a").is_some_and(|c| c.enabled && c.binds_up == 2 && c.binds_configured == 2)
+    });
+    let mut back = Vec::new();
+    for i in 0..10 {
+        counter += 1;
+        let destination = format!("4470000003{i:02}");
+        back.push(accept(&store, counter, &destination, b"hello".to_vec()));
+    }
+    for (state, connectors) in wait_final(&store, &back) {
+        assert_eq!(state, MessageState::Delivered);
+        assert_eq!(connectors, ["dyn-a"], "the primary is back");
+    }
+    let status = upstream::status();
+    assert_eq!(
+        find(&status, "dyn-a").map(|c| c.submitted),
+        Some(33),
+        "counters carried over the changes"
+    );
+
     stop.store(true, Ordering::Relaxed);
     let result = engine.join().expect("engine thread");
     assert!(result.is_ok(), "engine stopped with {result:?}");
@@ -344,6 +374,6 @@ fn connectors_added_and_disabled_at_run_time_carry_traffic_without_restart() {
             .as_object()
             .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum::<u64>())
     };
-    assert_eq!(taken(&primary_report), 23, "{primary_report}");
+    assert_eq!(taken(&primary_report), 33, "{primary_report}");
     assert_eq!(taken(&failover_report), 20, "{failover_report}");
 }
