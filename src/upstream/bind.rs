@@ -914,6 +914,8 @@ fn submits_for(
         segment::limits(e, Carriage::Sar { reference: 0 }).single_bytes
     });
     let too_long = accept.payload.len() > single_bytes;
+    // Truncating the hash is the point: any 8 or 16 of its bits serve as
+    // the reference, and the same message always gets the same one.
     let carriage = match mode {
         LongMessages::Udh => Some(Carriage::Udh(ConcatReference::Eight(reference as u8))),
         LongMessages::Sar => Some(Carriage::Sar {
