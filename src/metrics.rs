@@ -58,14 +58,20 @@ pub enum AccountCounter {
     Throttled,
     DlrsDelivered,
     MosDelivered,
+    WebhookAttempts,
+    WebhookSuccesses,
+    WebhookFailures,
 }
 
 impl AccountCounter {
-    const ALL: [AccountCounter; 4] = [
+    const ALL: [AccountCounter; 7] = [
         AccountCounter::Accepted,
         AccountCounter::Throttled,
         AccountCounter::DlrsDelivered,
         AccountCounter::MosDelivered,
+        AccountCounter::WebhookAttempts,
+        AccountCounter::WebhookSuccesses,
+        AccountCounter::WebhookFailures,
     ];
     fn describe(self) -> (&'static str, &'static str) {
         match self {
@@ -84,6 +90,18 @@ impl AccountCounter {
             AccountCounter::MosDelivered => (
                 "tern_mos_delivered_total",
                 "Mobile-originated messages the customer acknowledged.",
+            ),
+            AccountCounter::WebhookAttempts => (
+                "tern_webhook_attempts_total",
+                "Webhook POSTs started (DLR and MO), retries included.",
+            ),
+            AccountCounter::WebhookSuccesses => (
+                "tern_webhook_successes_total",
+                "Webhook POSTs answered with a 2xx.",
+            ),
+            AccountCounter::WebhookFailures => (
+                "tern_webhook_failures_total",
+                "Webhook POSTs answered otherwise, timed out or not connected (each is retried).",
             ),
         }
     }
@@ -1224,6 +1242,22 @@ pub fn delivered_to_customer(account: &str, kind: crate::store::state::DeliveryK
         crate::store::state::DeliveryKind::Mo => AccountCounter::MosDelivered,
     };
     global().inc_account(counter, account);
+}
+
+/// A webhook POST to `account`'s URL started.
+pub fn webhook_attempt(account: &str) {
+    global().inc_account(AccountCounter::WebhookAttempts, account);
+}
+
+/// A webhook POST got a 2xx: the delivery counts as acknowledged.
+pub fn webhook_succeeded(account: &str, kind: crate::store::state::DeliveryKind) {
+    global().inc_account(AccountCounter::WebhookSuccesses, account);
+    delivered_to_customer(account, kind);
+}
+
+/// A webhook POST failed (status, timeout or connection); it is retried.
+pub fn webhook_failed(account: &str) {
+    global().inc_account(AccountCounter::WebhookFailures, account);
 }
 
 pub fn count(counter: Counter) {

@@ -48,6 +48,8 @@ use crate::store::driver::StoreHandle;
 use crate::store::id::{MessageId, MESSAGE_ID_TEXT_LEN};
 use crate::store::state::{AppState, ApplyOutcome, DeliveryKind, Effect, PendingDelivery};
 
+use super::webhook;
+
 /// Deliveries the hub keeps in hand at once (every state).
 pub const MAX_TRACKED: usize = 65_536;
 /// Events from sessions and commits queued towards the hub.
@@ -135,6 +137,8 @@ enum Place {
     Retrying,
     Committing,
     Parked,
+    /// With the webhook sender (its account has a webhook URL).
+    Webhook,
 }
 
 struct Receiver {
@@ -158,6 +162,8 @@ pub enum Material {
         text_head: Vec<u8>,
     },
     Mo(MoReceived),
+    /// The account takes its deliveries by webhook.
+    Webhook(webhook::Prepared),
 }
 
 /// A pending delivery as loaded for sending.
@@ -171,6 +177,14 @@ pub struct Loaded {
 
 /// Reads what delivery `id` needs from the state (on the store thread).
 pub fn load(state: &AppState, id: MessageId, pending: &PendingDelivery) -> Option<Loaded> {
+    if let Some(prepared) = webhook::prepare(state, id, pending) {
+        return Some(Loaded {
+            id,
+            kind: pending.kind,
+            account: pending.account.clone(),
+            material: Material::Webhook(prepared),
+        });
+    }
     let material = match pending.kind {
         DeliveryKind::Dlr => {
             let message = state.message(&id)?;
@@ -409,6 +423,11 @@ struct Ledger {
     parked: HashMap<String, Vec<MessageId>>,
     tracked: HashMap<MessageId, Place>,
     rescan: Rescan,
+    /// Webhook deliveries can go out from here (any node can send them), so
+    /// loading is worth it even with no receiving bind.
+    webhooks: bool,
+    /// Loaded webhook deliveries for the sender.
+    webhook_out: Vec<webhook::Job>,
 }
 
 struct Hub {
@@ -416,6 +435,7 @@ struct Hub {
     store: StoreHandle,
     link: DeliveryLink,
     ledger: Ledger,
+    webhooks: webhook::Sender,
     started: Instant,
 }
 
@@ -440,8 +460,12 @@ pub async fn run_hub(start: HubStart) {
     let mut hub = Hub {
         node_id,
         store,
+        webhooks: webhook::Sender::new(link.clone()),
         link,
-        ledger: Ledger::default(),
+        ledger: Ledger {
+            webhooks: true,
+            ..Ledger::default()
+        },
         started: Instant::now(),
     };
     hub.ledger.rescan.request();
@@ -452,13 +476,17 @@ pub async fn run_hub(start: HubStart) {
         }
         if hub.ledger.wants_rescan_page() {
             hub.rescan_page().await;
-        } else if hub.ledger.receivers.is_empty() {
+        } else if !hub.ledger.can_send() {
             // Nothing can go out; a receiving bind asks for a rescan itself.
             hub.ledger.rescan = Rescan::default();
         }
         let now_ms = hub.now_ms();
         hub.ledger.release_due_retries(now_ms);
         hub.ledger.pump();
+        for job in hub.ledger.webhook_out.drain(..) {
+            hub.webhooks.push(job);
+        }
+        hub.webhooks.poll();
         let wait = if hub.ledger.wants_rescan_page() {
             Duration::ZERO
         } else {
@@ -505,7 +533,7 @@ pub async fn run_hub(start: HubStart) {
         }
         if hub.now_ms() >= next_sweep_ms {
             next_sweep_ms = hub.now_ms().saturating_add(SWEEP_INTERVAL_MS);
-            if !hub.ledger.receivers.is_empty() {
+            if hub.ledger.can_send() {
                 hub.ledger.rescan.request();
             }
         }
@@ -648,7 +676,12 @@ impl Ledger {
 
     /// A rescan page is due now: asked for, room for it, and someone to send to.
     fn wants_rescan_page(&self) -> bool {
-        self.rescan.active && self.has_room() && !self.receivers.is_empty()
+        self.rescan.active && self.has_room() && self.can_send()
+    }
+
+    /// Some delivery can go out from here: a receiving bind, or webhooks.
+    fn can_send(&self) -> bool {
+        self.webhooks || !self.receivers.is_empty()
     }
 
     fn next_retry_in(&self, now_ms: u64) -> Duration {
@@ -681,7 +714,7 @@ impl Ledger {
     /// count as in hand (so a rescan page skips them) until released.
     fn claim(&mut self, announced: impl Iterator<Item = MessageId>) -> Vec<MessageId> {
         let mut wanted = Vec::new();
-        if self.receivers.is_empty() {
+        if !self.can_send() {
             // Nothing can go out here; a receiving bind rescans.
             return wanted;
         }
@@ -811,9 +844,19 @@ impl Ledger {
                 self.rescan.request();
                 return;
             }
-            let built = match &item.material {
+            let built = match item.material {
+                Material::Webhook(prepared) => {
+                    self.tracked.insert(item.id, Place::Webhook);
+                    self.webhook_out.push(webhook::Job::new(
+                        item.id,
+                        item.kind,
+                        item.account,
+                        prepared,
+                    ));
+                    continue;
+                }
                 Material::Dlr { .. } => dlr_deliver_sm(item.id, &item.material),
-                Material::Mo(mo) => mo_deliver_sm(mo),
+                Material::Mo(ref mo) => mo_deliver_sm(mo),
             };
             match built {
                 Ok(deliver_sm) => self.queue(Job {
