@@ -180,7 +180,13 @@ impl Server {
     fn submit_one(&self) -> String {
         let out = Command::new("python3")
             .arg(CLIENT)
-            .args(["session", "--port", &self.smpp_port.to_string(), "--gsm", "1"])
+            .args([
+                "session",
+                "--port",
+                &self.smpp_port.to_string(),
+                "--gsm",
+                "1",
+            ])
             .output()
             .expect("python3 with smpplib (`pip install smpplib==2.2.4`, or run .ci/run)");
         assert!(
@@ -294,7 +300,12 @@ fn failed_posts_are_retried_until_a_2xx_then_stop() {
     let server = Server::start("webhook-retry", receiver.port);
     let id = server.submit_one();
     let got = receiver.collect(3, Duration::from_secs(30));
-    assert_eq!(got.len(), 3, "expected three attempts:\n{}", server.log_text());
+    assert_eq!(
+        got.len(),
+        3,
+        "expected three attempts:\n{}",
+        server.log_text()
+    );
     let statuses: Vec<u64> = got
         .iter()
         .map(|(_, r)| r["status"].as_u64().expect("status"))
