@@ -58,20 +58,14 @@ pub enum AccountCounter {
     Throttled,
     DlrsDelivered,
     MosDelivered,
-    WebhookAttempts,
-    WebhookSuccesses,
-    WebhookFailures,
 }
 
 impl AccountCounter {
-    const ALL: [AccountCounter; 7] = [
+    const ALL: [AccountCounter; 4] = [
         AccountCounter::Accepted,
         AccountCounter::Throttled,
         AccountCounter::DlrsDelivered,
         AccountCounter::MosDelivered,
-        AccountCounter::WebhookAttempts,
-        AccountCounter::WebhookSuccesses,
-        AccountCounter::WebhookFailures,
     ];
     fn describe(self) -> (&'static str, &'static str) {
         match self {
@@ -90,18 +84,6 @@ impl AccountCounter {
             AccountCounter::MosDelivered => (
                 "tern_mos_delivered_total",
                 "Mobile-originated messages the customer acknowledged.",
-            ),
-            AccountCounter::WebhookAttempts => (
-                "tern_webhook_attempts_total",
-                "Webhook POSTs started (DLR and MO), retries included.",
-            ),
-            AccountCounter::WebhookSuccesses => (
-                "tern_webhook_successes_total",
-                "Webhook POSTs answered with a 2xx.",
-            ),
-            AccountCounter::WebhookFailures => (
-                "tern_webhook_failures_total",
-                "Webhook POSTs answered otherwise, timed out or not connected (each is retried).",
             ),
         }
     }
@@ -131,13 +113,19 @@ pub enum Counter {
     MessagesFailed,
     MessagesExpired,
     Fsyncs,
+    WebhookAttempts,
+    WebhookSuccesses,
+    WebhookFailures,
 }
 
 impl Counter {
-    const ALL: [Counter; 3] = [
+    const ALL: [Counter; 6] = [
         Counter::MessagesFailed,
         Counter::MessagesExpired,
         Counter::Fsyncs,
+        Counter::WebhookAttempts,
+        Counter::WebhookSuccesses,
+        Counter::WebhookFailures,
     ];
     fn describe(self) -> (&'static str, &'static str) {
         match self {
@@ -150,6 +138,21 @@ impl Counter {
                 "Messages that reached their validity period undelivered.",
             ),
             Counter::Fsyncs => ("tern_fsyncs_total", "fdatasync calls on the raft log."),
+            // Unlabelled: an account label would cost every recording thread
+            // a slot per account; per-account successes show in
+            // tern_dlrs_delivered_total / tern_mos_delivered_total.
+            Counter::WebhookAttempts => (
+                "tern_webhook_attempts_total",
+                "Webhook POSTs started (DLR and MO), retries included.",
+            ),
+            Counter::WebhookSuccesses => (
+                "tern_webhook_successes_total",
+                "Webhook POSTs answered with a 2xx.",
+            ),
+            Counter::WebhookFailures => (
+                "tern_webhook_failures_total",
+                "Webhook POSTs answered otherwise, timed out or not connected (each is retried).",
+            ),
         }
     }
 }
@@ -1244,20 +1247,20 @@ pub fn delivered_to_customer(account: &str, kind: crate::store::state::DeliveryK
     global().inc_account(counter, account);
 }
 
-/// A webhook POST to `account`'s URL started.
-pub fn webhook_attempt(account: &str) {
-    global().inc_account(AccountCounter::WebhookAttempts, account);
+/// A webhook POST started.
+pub fn webhook_attempt() {
+    global().inc(Counter::WebhookAttempts);
 }
 
-/// A webhook POST got a 2xx: the delivery counts as acknowledged.
+/// A webhook POST to `account` got a 2xx: the delivery counts as acknowledged.
 pub fn webhook_succeeded(account: &str, kind: crate::store::state::DeliveryKind) {
-    global().inc_account(AccountCounter::WebhookSuccesses, account);
+    global().inc(Counter::WebhookSuccesses);
     delivered_to_customer(account, kind);
 }
 
 /// A webhook POST failed (status, timeout or connection); it is retried.
-pub fn webhook_failed(account: &str) {
-    global().inc_account(AccountCounter::WebhookFailures, account);
+pub fn webhook_failed() {
+    global().inc(Counter::WebhookFailures);
 }
 
 pub fn count(counter: Counter) {

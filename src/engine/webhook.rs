@@ -588,7 +588,7 @@ impl Sender {
         let done = self.done_tx.clone();
         glommio::spawn_local(async move {
             job.attempts = job.attempts.saturating_add(1);
-            crate::metrics::webhook_attempt(&job.account);
+            crate::metrics::webhook_attempt();
             let result = or(async { Some(attempt(&pool, &job).await) }, async {
                 glommio::timer::sleep(Duration::from_millis(ATTEMPT_TIMEOUT_MS)).await;
                 None
@@ -606,7 +606,7 @@ impl Sender {
                     Outcome::Delivered
                 }
                 Err(e) => {
-                    crate::metrics::webhook_failed(&job.account);
+                    crate::metrics::webhook_failed();
                     tracing::debug!(id = %job.id, attempts = job.attempts, "webhook not accepted: {e}");
                     Outcome::Failed(job)
                 }
