@@ -1218,6 +1218,61 @@ mod tests {
     }
 
     #[test]
+    fn webhook_deliveries_need_no_receiver_and_go_to_the_sender() {
+        let id = |n| MessageId::from_parts(2, 1, 0, n).unwrap();
+        let mut ledger = Ledger {
+            webhooks: true,
+            ..Ledger::default()
+        };
+        assert_eq!(ledger.claim([id(1), id(2)].into_iter()), vec![id(1), id(2)]);
+        let prepared = webhook::Prepared {
+            target: webhook::Target {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: Some("s".into()),
+            },
+            facts: webhook::Facts::Dlr(webhook::DlrFacts {
+                from: "TERN".into(),
+                to: "447700900123".into(),
+                client_ref: None,
+                message_state: 2,
+                error_code: 0,
+                connector: None,
+                operator_id: None,
+                accepted_at_ms: 0,
+                submitted_at_ms: None,
+                done_at_ms: None,
+            }),
+        };
+        ledger.take_loaded(vec![
+            Loaded {
+                id: id(1),
+                kind: DeliveryKind::Dlr,
+                account: "http-customer".into(),
+                material: Material::Webhook(prepared),
+            },
+            Loaded {
+                id: id(2),
+                kind: DeliveryKind::Dlr,
+                account: "smpp-customer".into(),
+                material: dlr_material(b"x", 0, 0),
+            },
+        ]);
+        assert_eq!(ledger.tracked.get(&id(1)), Some(&Place::Webhook));
+        assert_eq!(ledger.webhook_out.len(), 1);
+        assert_eq!(ledger.webhook_out[0].id, id(1));
+        assert!(
+            !ledger.tracked.contains_key(&id(2)),
+            "an SMPP delivery with no receiver here is left to the store"
+        );
+        // A rebind or a closed session does not disturb a webhook in hand.
+        ledger.closed(7);
+        assert_eq!(ledger.tracked.get(&id(1)), Some(&Place::Webhook));
+        assert!(ledger.claim([id(1)].into_iter()).is_empty(), "in hand once");
+        ledger.committed(id(1), true);
+        assert!(ledger.tracked.is_empty());
+    }
+
+    #[test]
     fn claims_skip_deliveries_in_hand_and_need_a_receiver() {
         let id = |n| MessageId::from_parts(2, 1, 0, n).unwrap();
         let mut nobody = Ledger::default();
