@@ -652,12 +652,8 @@ impl Config {
                 }
             }
             if let Some(url) = &account.webhook_url {
-                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048
-                {
-                    return Err(error(
-                        &key("webhook_url"),
-                        format!("`{url}` is not an http:// or https:// URL"),
-                    ));
+                if let Err(why) = crate::engine::webhook::check_url(url) {
+                    return Err(error(&key("webhook_url"), format!("`{url}`: {why}")));
                 }
             }
             for (j, cidr) in account.allowed_ips.iter().enumerate() {

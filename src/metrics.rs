@@ -113,13 +113,19 @@ pub enum Counter {
     MessagesFailed,
     MessagesExpired,
     Fsyncs,
+    WebhookAttempts,
+    WebhookSuccesses,
+    WebhookFailures,
 }
 
 impl Counter {
-    const ALL: [Counter; 3] = [
+    const ALL: [Counter; 6] = [
         Counter::MessagesFailed,
         Counter::MessagesExpired,
         Counter::Fsyncs,
+        Counter::WebhookAttempts,
+        Counter::WebhookSuccesses,
+        Counter::WebhookFailures,
     ];
     fn describe(self) -> (&'static str, &'static str) {
         match self {
@@ -132,6 +138,21 @@ impl Counter {
                 "Messages that reached their validity period undelivered.",
             ),
             Counter::Fsyncs => ("tern_fsyncs_total", "fdatasync calls on the raft log."),
+            // Unlabelled: an account label would cost every recording thread
+            // a slot per account; per-account successes show in
+            // tern_dlrs_delivered_total / tern_mos_delivered_total.
+            Counter::WebhookAttempts => (
+                "tern_webhook_attempts_total",
+                "Webhook POSTs started (DLR and MO), retries included.",
+            ),
+            Counter::WebhookSuccesses => (
+                "tern_webhook_successes_total",
+                "Webhook POSTs answered with a 2xx.",
+            ),
+            Counter::WebhookFailures => (
+                "tern_webhook_failures_total",
+                "Webhook POSTs answered otherwise, timed out or not connected (each is retried).",
+            ),
         }
     }
 }
@@ -1224,6 +1245,22 @@ pub fn delivered_to_customer(account: &str, kind: crate::store::state::DeliveryK
         crate::store::state::DeliveryKind::Mo => AccountCounter::MosDelivered,
     };
     global().inc_account(counter, account);
+}
+
+/// A webhook POST started.
+pub fn webhook_attempt() {
+    global().inc(Counter::WebhookAttempts);
+}
+
+/// A webhook POST to `account` got a 2xx: the delivery counts as acknowledged.
+pub fn webhook_succeeded(account: &str, kind: crate::store::state::DeliveryKind) {
+    global().inc(Counter::WebhookSuccesses);
+    delivered_to_customer(account, kind);
+}
+
+/// A webhook POST failed (status, timeout or connection); it is retried.
+pub fn webhook_failed() {
+    global().inc(Counter::WebhookFailures);
 }
 
 pub fn count(counter: Counter) {

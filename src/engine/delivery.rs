@@ -48,6 +48,8 @@ use crate::store::driver::StoreHandle;
 use crate::store::id::{MessageId, MESSAGE_ID_TEXT_LEN};
 use crate::store::state::{AppState, ApplyOutcome, DeliveryKind, Effect, PendingDelivery};
 
+use super::webhook;
+
 /// Deliveries the hub keeps in hand at once (every state).
 pub const MAX_TRACKED: usize = 65_536;
 /// Events from sessions and commits queued towards the hub.
@@ -135,6 +137,8 @@ enum Place {
     Retrying,
     Committing,
     Parked,
+    /// With the webhook sender (its account has a webhook URL).
+    Webhook,
 }
 
 struct Receiver {
@@ -158,6 +162,8 @@ pub enum Material {
         text_head: Vec<u8>,
     },
     Mo(MoReceived),
+    /// The account takes its deliveries by webhook.
+    Webhook(webhook::Prepared),
 }
 
 /// A pending delivery as loaded for sending.
@@ -171,6 +177,14 @@ pub struct Loaded {
 
 /// Reads what delivery `id` needs from the state (on the store thread).
 pub fn load(state: &AppState, id: MessageId, pending: &PendingDelivery) -> Option<Loaded> {
+    if let Some(prepared) = webhook::prepare(state, id, pending) {
+        return Some(Loaded {
+            id,
+            kind: pending.kind,
+            account: pending.account.clone(),
+            material: Material::Webhook(prepared),
+        });
+    }
     let material = match pending.kind {
         DeliveryKind::Dlr => {
             let message = state.message(&id)?;
@@ -409,6 +423,11 @@ struct Ledger {
     parked: HashMap<String, Vec<MessageId>>,
     tracked: HashMap<MessageId, Place>,
     rescan: Rescan,
+    /// Webhook deliveries can go out from here (any node can send them), so
+    /// loading is worth it even with no receiving bind.
+    webhooks: bool,
+    /// Loaded webhook deliveries for the sender.
+    webhook_out: Vec<webhook::Job>,
 }
 
 struct Hub {
@@ -416,6 +435,7 @@ struct Hub {
     store: StoreHandle,
     link: DeliveryLink,
     ledger: Ledger,
+    webhooks: webhook::Sender,
     started: Instant,
 }
 
@@ -440,8 +460,12 @@ pub async fn run_hub(start: HubStart) {
     let mut hub = Hub {
         node_id,
         store,
+        webhooks: webhook::Sender::new(link.clone()),
         link,
-        ledger: Ledger::default(),
+        ledger: Ledger {
+            webhooks: true,
+            ..Ledger::default()
+        },
         started: Instant::now(),
     };
     hub.ledger.rescan.request();
@@ -452,13 +476,17 @@ pub async fn run_hub(start: HubStart) {
         }
         if hub.ledger.wants_rescan_page() {
             hub.rescan_page().await;
-        } else if hub.ledger.receivers.is_empty() {
+        } else if !hub.ledger.can_send() {
             // Nothing can go out; a receiving bind asks for a rescan itself.
             hub.ledger.rescan = Rescan::default();
         }
         let now_ms = hub.now_ms();
         hub.ledger.release_due_retries(now_ms);
         hub.ledger.pump();
+        for job in hub.ledger.webhook_out.drain(..) {
+            hub.webhooks.push(job);
+        }
+        hub.webhooks.poll();
         let wait = if hub.ledger.wants_rescan_page() {
             Duration::ZERO
         } else {
@@ -505,7 +533,7 @@ pub async fn run_hub(start: HubStart) {
         }
         if hub.now_ms() >= next_sweep_ms {
             next_sweep_ms = hub.now_ms().saturating_add(SWEEP_INTERVAL_MS);
-            if !hub.ledger.receivers.is_empty() {
+            if hub.ledger.can_send() {
                 hub.ledger.rescan.request();
             }
         }
@@ -646,7 +674,12 @@ impl Ledger {
 
     /// A rescan page is due now: asked for, room for it, and someone to send to.
     fn wants_rescan_page(&self) -> bool {
-        self.rescan.active && self.has_room() && !self.receivers.is_empty()
+        self.rescan.active && self.has_room() && self.can_send()
+    }
+
+    /// Some delivery can go out from here: a receiving bind, or webhooks.
+    fn can_send(&self) -> bool {
+        self.webhooks || !self.receivers.is_empty()
     }
 
     fn next_retry_in(&self, now_ms: u64) -> Duration {
@@ -679,7 +712,7 @@ impl Ledger {
     /// count as in hand (so a rescan page skips them) until released.
     fn claim(&mut self, announced: impl Iterator<Item = MessageId>) -> Vec<MessageId> {
         let mut wanted = Vec::new();
-        if self.receivers.is_empty() {
+        if !self.can_send() {
             // Nothing can go out here; a receiving bind rescans.
             return wanted;
         }
@@ -809,9 +842,19 @@ impl Ledger {
                 self.rescan.request();
                 return;
             }
-            let built = match &item.material {
+            let built = match item.material {
+                Material::Webhook(prepared) => {
+                    self.tracked.insert(item.id, Place::Webhook);
+                    self.webhook_out.push(webhook::Job::new(
+                        item.id,
+                        item.kind,
+                        item.account,
+                        prepared,
+                    ));
+                    continue;
+                }
                 Material::Dlr { .. } => dlr_deliver_sm(item.id, &item.material),
-                Material::Mo(mo) => mo_deliver_sm(mo),
+                Material::Mo(ref mo) => mo_deliver_sm(mo),
             };
             match built {
                 Ok(deliver_sm) => self.queue(Job {
@@ -1170,6 +1213,61 @@ mod tests {
             "a new bind unparks it"
         );
         assert!(ledger.rescan.active, "and rescans to load it again");
+    }
+
+    #[test]
+    fn webhook_deliveries_need_no_receiver_and_go_to_the_sender() {
+        let id = |n| MessageId::from_parts(2, 1, 0, n).unwrap();
+        let mut ledger = Ledger {
+            webhooks: true,
+            ..Ledger::default()
+        };
+        assert_eq!(ledger.claim([id(1), id(2)].into_iter()), vec![id(1), id(2)]);
+        let prepared = webhook::Prepared {
+            target: webhook::Target {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: Some("s".into()),
+            },
+            facts: webhook::Facts::Dlr(webhook::DlrFacts {
+                from: "TERN".into(),
+                to: "447700900123".into(),
+                client_ref: None,
+                message_state: 2,
+                error_code: 0,
+                connector: None,
+                operator_id: None,
+                accepted_at_ms: 0,
+                submitted_at_ms: None,
+                done_at_ms: None,
+            }),
+        };
+        ledger.take_loaded(vec![
+            Loaded {
+                id: id(1),
+                kind: DeliveryKind::Dlr,
+                account: "http-customer".into(),
+                material: Material::Webhook(prepared),
+            },
+            Loaded {
+                id: id(2),
+                kind: DeliveryKind::Dlr,
+                account: "smpp-customer".into(),
+                material: dlr_material(b"x", 0, 0),
+            },
+        ]);
+        assert_eq!(ledger.tracked.get(&id(1)), Some(&Place::Webhook));
+        assert_eq!(ledger.webhook_out.len(), 1);
+        assert_eq!(ledger.webhook_out[0].id, id(1));
+        assert!(
+            !ledger.tracked.contains_key(&id(2)),
+            "an SMPP delivery with no receiver here is left to the store"
+        );
+        // A rebind or a closed session does not disturb a webhook in hand.
+        ledger.closed(7);
+        assert_eq!(ledger.tracked.get(&id(1)), Some(&Place::Webhook));
+        assert!(ledger.claim([id(1)].into_iter()).is_empty(), "in hand once");
+        ledger.committed(id(1), true);
+        assert!(ledger.tracked.is_empty());
     }
 
     #[test]

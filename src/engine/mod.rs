@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod session;
 pub mod shard;
 pub mod throttle;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::fmt;
