@@ -2,7 +2,8 @@
 //!
 //! Owns: the order of start-up (host check, store thread, `NodeUp` for this
 //! boot's incarnation, account provisioning from the configuration, one
-//! pinned glommio executor per configured core with its SMPP listener) and
+//! pinned glommio executor per configured core with its SMPP and HTTP
+//! listeners) and
 //! of shutdown (stop flag, cores unbind and drain, store stopped cleanly).
 //! Must not touch: SMPP session rules (see `session`), the store's internals
 //! (only `StoreHandle`), operator connectors, or delivery to customers (see
@@ -186,6 +187,7 @@ fn serve_with_store(
     provision_accounts(handle, &resolved.config.accounts, stop)?;
     provision_number_ranges(handle, &resolved.config.number_ranges, stop)?;
     let settings = SessionSettings::from_config(resolved);
+    let http = crate::http::HttpSettings::from_config(resolved);
 
     let mut executors = Vec::with_capacity(cores.len());
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(cores.len());
@@ -209,6 +211,7 @@ fn serve_with_store(
             stop: Arc::clone(stop),
             delivery: delivery_link.clone(),
             hub: hub.take(),
+            http: http.clone(),
             ready: ready_tx.clone(),
         };
         match runtime::spawn_pinned(&format!("tern-core-{core}"), core, move || {
@@ -255,6 +258,7 @@ fn serve_with_store(
             incarnation = epoch,
             cores = cores.len(),
             %addr,
+            http = ?http.as_ref().map(|h| h.listen),
             "tern serve ready: SMPP listening"
         );
         on_ready(addr, handle.clone());

@@ -2,7 +2,8 @@
 //!
 //! Owns: the per-core context (store handle, message-id generator, in-flight
 //! proposal count, failed-bind table, clock), the accept loop on this core's
-//! SO_REUSEPORT listener, and this core's part of the graceful shutdown
+//! SO_REUSEPORT listener, starting this core's HTTP server (see `crate::http`)
+//! on the same context, and this core's part of the graceful shutdown
 //! (stop accepting, let connections unbind and drain, bounded). Must not
 //! touch: other cores (nothing here is shared across threads except the
 //! store handle and the stop flag), or session logic (see `session`).
@@ -63,7 +64,9 @@ pub struct ShardStart {
     pub delivery: DeliveryLink,
     /// The node's delivery hub, on the one core that runs it.
     pub hub: Option<HubStart>,
-    /// Told once the listener is bound (or why it could not be).
+    /// The HTTP server this core runs, unless HTTP is off.
+    pub http: Option<crate::http::HttpSettings>,
+    /// Told once the listeners are bound (or why one could not be).
     pub ready: crossbeam_channel::Sender<Result<SocketAddr, String>>,
 }
 
@@ -149,6 +152,16 @@ pub async fn run(start: ShardStart) {
             return;
         }
     };
+    let http_listeners = match &start.http {
+        Some(settings) => match crate::http::Listeners::bind(settings) {
+            Ok(listeners) => Some(listeners),
+            Err(e) => {
+                let _ = start.ready.send(Err(e));
+                return;
+            }
+        },
+        None => None,
+    };
     let local = listener.local_addr().unwrap_or(start.listen);
     let _ = start.ready.send(Ok(local));
     let grace_ms = start.settings.shutdown_grace_ms;
@@ -176,21 +189,36 @@ pub async fn run(start: ShardStart) {
         glommio::spawn_local(delivery::run_hub(hub)).detach();
     }
     let acceptor = glommio::spawn_local(accept_loop(Rc::clone(&shard), listener));
+    let mut http = match (start.http, http_listeners) {
+        (Some(settings), Some(listeners)) => Some(crate::http::Server::start(
+            Rc::clone(&shard),
+            settings,
+            listeners,
+        )),
+        _ => None,
+    };
     while !shard.stopping() {
         glommio::timer::sleep(STOP_POLL).await;
     }
-    // Cancelling the accept loop closes the listener: no new connections.
+    // Cancelling the accept loops closes the listeners: no new connections.
     let _ = acceptor.cancel().await;
-    // Connections see the flag themselves, unbind and drain; give them the
-    // grace period plus a little for the final writes and BindClosed.
+    if let Some(http) = &mut http {
+        http.stop_accepting().await;
+    }
+    let open = |shard: &Shard| {
+        shard.open_connections.get() + http.as_ref().map_or(0, |h| h.context().open_connections())
+    };
+    // Connections see the flag themselves, unbind (SMPP) or finish their
+    // answers (HTTP) and close; give them the grace period plus a little for
+    // the final writes and BindClosed.
     let deadline = Instant::now() + Duration::from_millis(grace_ms.saturating_add(1_000));
-    while shard.open_connections.get() > 0 && Instant::now() < deadline {
+    while open(&shard) > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    if shard.open_connections.get() > 0 {
+    if open(&shard) > 0 {
         tracing::warn!(
             core = shard.index,
-            open = shard.open_connections.get(),
+            open = open(&shard),
             "connections still open after the grace period; closing them"
         );
     }

@@ -18,7 +18,14 @@
 
 pub mod records;
 
+use std::rc::Rc;
+
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Request, StatusCode};
 use serde_json::{json, Map, Value};
+
+use super::{json_response, read_body, HttpContext, HttpResponse};
 
 use crate::store::command::{BindKind, Command};
 use crate::store::driver::{ProposeError, StoreHandle};
@@ -83,6 +90,38 @@ pub struct AdminEnv<'a> {
     pub node_id: u64,
     /// `http.admin_token`; empty = the admin API is off.
     pub token: &'a str,
+}
+
+/// Answers one `/admin/...` request (the router hands every one here).
+pub async fn handle(context: Rc<HttpContext>, request: Request<Incoming>) -> HttpResponse {
+    let token = context.admin_token();
+    let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    // Nothing is read from an unauthenticated caller, not even the body.
+    if let Err(reply) = authorize(token, authorization) {
+        return to_response(&reply);
+    }
+    let authorization = authorization.map(<[u8]>::to_vec);
+    let verb = Verb::from_method(request.method().as_str());
+    let path = request.uri().path().to_string();
+    let body = match verb {
+        Verb::Put | Verb::Patch => match read_body(&context, request).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        },
+        _ => hyper::body::Bytes::new(),
+    };
+    let env = AdminEnv {
+        store: context.store(),
+        node_id: context.node_id(),
+        token,
+    };
+    let reply = respond(&env, verb, &path, authorization.as_deref(), &body).await;
+    to_response(&reply)
+}
+
+fn to_response(reply: &Reply) -> HttpResponse {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &reply.body)
 }
 
 /// Checks `Authorization: Bearer TOKEN` against the configured token. The
