@@ -82,7 +82,7 @@ pub enum AccountAction {
     /// One account (secrets masked).
     Show(NameArgs),
     /// Create an account, or change the fields given.
-    Set(AccountSet),
+    Set(Box<AccountSet>),
     /// Remove an account: new binds and HTTP requests with it fail at once.
     Delete(NameArgs),
 }
@@ -151,7 +151,7 @@ pub enum ConnectorAction {
     /// One connector (password masked).
     Show(NameArgs),
     /// Create a connector, or change the fields given.
-    Set(ConnectorSet),
+    Set(Box<ConnectorSet>),
     /// Remove a connector (no route may name it).
     Delete(NameArgs),
 }
