@@ -698,44 +698,90 @@ pub enum UpstreamBindType {
     TransmitterReceiver,
 }
 
+/// How a connector sends a message longer than one SMS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongMessages {
+    /// As the customer sent it: parts as parts, a long payload in
+    /// message_payload when it does not fit short_message.
+    AsSubmitted,
+    /// A long unsegmented message is split into parts with a concatenation UDH.
+    Udh,
+    /// A long unsegmented message is split into parts with the SAR TLVs.
+    Sar,
+    /// A long unsegmented message goes whole in message_payload.
+    Payload,
+}
+
+// The connector's text fields are parsed here once for both readers: the
+// configuration check (a bad value names its key) and the upstream side,
+// which parses the replicated `store::command::Connector` records (a bad
+// value there is logged and the connector skipped).
+
+/// `bind_type`: `transceiver` or `transmitter+receiver`.
+pub fn parse_bind_type(text: &str) -> Option<UpstreamBindType> {
+    match text {
+        "transceiver" => Some(UpstreamBindType::Transceiver),
+        "transmitter+receiver" => Some(UpstreamBindType::TransmitterReceiver),
+        _ => None,
+    }
+}
+
+/// `id_format`: how the operator writes message ids.
+pub fn parse_id_format(text: &str) -> Option<crate::smpp::receipt::IdFormat> {
+    use crate::smpp::receipt::IdFormat;
+    match text {
+        "as-is" => Some(IdFormat::AsIs),
+        "hex" => Some(IdFormat::HexCaseInsensitive),
+        "decimal" => Some(IdFormat::Decimal),
+        "strip-leading-zeros" => Some(IdFormat::StripLeadingZeros),
+        "hex-in-receipt-decimal-in-resp" => Some(IdFormat::HexInReceiptDecimalInResp),
+        "decimal-in-receipt-hex-in-resp" => Some(IdFormat::DecimalInReceiptHexInResp),
+        _ => None,
+    }
+}
+
+/// `default_alphabet`: what data_coding 0 means to the operator.
+pub fn parse_default_alphabet(text: &str) -> Option<crate::smpp::text::DefaultAlphabet> {
+    use crate::smpp::text::DefaultAlphabet;
+    match text {
+        "gsm7" => Some(DefaultAlphabet::Gsm7),
+        "latin1" => Some(DefaultAlphabet::Latin1),
+        "ascii" => Some(DefaultAlphabet::Ascii),
+        _ => None,
+    }
+}
+
+/// `long_messages`: one of `LONG_MESSAGE_MODES`.
+pub fn parse_long_messages(text: &str) -> Option<LongMessages> {
+    match text {
+        "as-submitted" => Some(LongMessages::AsSubmitted),
+        "udh" => Some(LongMessages::Udh),
+        "sar" => Some(LongMessages::Sar),
+        "payload" => Some(LongMessages::Payload),
+        _ => None,
+    }
+}
+
+/// A connector host, `IP:PORT` (or `localhost:PORT`).
+pub fn parse_host(text: &str) -> Result<SocketAddr, String> {
+    parse_addr(text)
+}
+
 impl ConnectorConfig {
     pub fn parsed_bind_type(&self) -> Option<UpstreamBindType> {
-        match self.bind_type.as_str() {
-            "transceiver" => Some(UpstreamBindType::Transceiver),
-            "transmitter+receiver" => Some(UpstreamBindType::TransmitterReceiver),
-            _ => None,
-        }
+        parse_bind_type(&self.bind_type)
     }
 
     pub fn parsed_id_format(&self) -> Option<crate::smpp::receipt::IdFormat> {
-        use crate::smpp::receipt::IdFormat;
-        match self.id_format.as_str() {
-            "as-is" => Some(IdFormat::AsIs),
-            "hex" => Some(IdFormat::HexCaseInsensitive),
-            "decimal" => Some(IdFormat::Decimal),
-            "strip-leading-zeros" => Some(IdFormat::StripLeadingZeros),
-            "hex-in-receipt-decimal-in-resp" => Some(IdFormat::HexInReceiptDecimalInResp),
-            "decimal-in-receipt-hex-in-resp" => Some(IdFormat::DecimalInReceiptHexInResp),
-            _ => None,
-        }
+        parse_id_format(&self.id_format)
     }
 
     pub fn parsed_default_alphabet(&self) -> Option<crate::smpp::text::DefaultAlphabet> {
-        use crate::smpp::text::DefaultAlphabet;
-        match self.default_alphabet.as_str() {
-            "gsm7" => Some(DefaultAlphabet::Gsm7),
-            "latin1" => Some(DefaultAlphabet::Latin1),
-            "ascii" => Some(DefaultAlphabet::Ascii),
-            _ => None,
-        }
+        parse_default_alphabet(&self.default_alphabet)
     }
 
-    /// The hosts as addresses (checked by `resolve`, so none fail there).
-    pub fn host_addrs(&self) -> Vec<SocketAddr> {
-        self.hosts
-            .iter()
-            .filter_map(|h| parse_addr(h).ok())
-            .collect()
+    pub fn parsed_long_messages(&self) -> Option<LongMessages> {
+        parse_long_messages(&self.long_messages)
     }
 }
 
@@ -788,7 +834,7 @@ impl Config {
                     "must be `gsm7`, `latin1` or `ascii`".into(),
                 ));
             }
-            if !LONG_MESSAGE_MODES.contains(&c.long_messages.as_str()) {
+            if c.parsed_long_messages().is_none() {
                 return Err(error(
                     &key("long_messages"),
                     "must be `as-submitted`, `udh`, `sar` or `payload`".into(),

@@ -759,10 +759,28 @@ fn status(args: &StatusArgs) -> Outcome {
     );
     println!();
     print_table(
-        &["CONNECTOR", "ENABLED", "BINDS", "UP", "STATE"],
+        &[
+            "CONNECTOR",
+            "ENABLED",
+            "BINDS",
+            "UP",
+            "STATE",
+            "SUBMITTED",
+            "FAILED",
+            "LAST_ERROR",
+        ],
         &rows(
             "connectors",
-            &["name", "enabled", "binds_configured", "binds_up", "state"],
+            &[
+                "name",
+                "enabled",
+                "binds_configured",
+                "binds_up",
+                "state",
+                "submitted",
+                "failed",
+                "last_error",
+            ],
         ),
     );
     Ok(())

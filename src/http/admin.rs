@@ -466,19 +466,34 @@ async fn status(env: &AdminEnv<'_>) -> Reply {
             })
         })
         .collect();
+    // The store says which connectors exist; this node's upstream side says
+    // how its binds are doing (a record it has not started yet has no entry).
+    let live = crate::upstream::status();
     let connectors: Vec<Value> = view
         .connectors
         .iter()
-        .map(|(name, enabled, binds)| {
-            json!({
-                "name": name,
-                "enabled": enabled,
-                "binds_configured": binds,
-                // This node's bind states are the upstream side's to report.
-                "binds_up": Value::Null,
-                "state": "unknown",
-            })
-        })
+        .map(
+            |(name, enabled, binds)| match live.iter().find(|s| &s.name == name) {
+                Some(s) => json!({
+                    "name": name,
+                    "enabled": enabled,
+                    "binds_configured": s.binds_configured,
+                    "binds_up": s.binds_up,
+                    "state": connector_state(s.enabled, s.binds_configured, s.binds_up),
+                    "last_error": s.last_error,
+                    "submitted": s.submitted,
+                    "failed": s.failed,
+                }),
+                None => json!({
+                    "name": name,
+                    "enabled": enabled,
+                    "binds_configured": binds,
+                    "binds_up": Value::Null,
+                    "state": "unknown",
+                    "last_error": Value::Null,
+                }),
+            },
+        )
         .collect();
     Reply::json(
         200,
@@ -497,6 +512,16 @@ async fn status(env: &AdminEnv<'_>) -> Reply {
             "messages_in_state": view.messages,
         }),
     )
+}
+
+/// One word for a connector's binds on this node.
+fn connector_state(enabled: bool, configured: u32, up: u32) -> &'static str {
+    match (enabled, up) {
+        (false, _) => "disabled",
+        (true, 0) => "down",
+        (true, up) if up < configured => "degraded",
+        (true, _) => "up",
+    }
 }
 
 async fn message(env: &AdminEnv<'_>, id_text: &str) -> Reply {
@@ -584,6 +609,14 @@ mod tests {
         assert_eq!(reply.status, 422);
         assert_eq!(reply.body["error"]["field"], "max_tps");
         assert_eq!(reply.body["error"]["code"], "invalid_field");
+    }
+
+    #[test]
+    fn connector_state_words() {
+        assert_eq!(connector_state(false, 2, 2), "disabled");
+        assert_eq!(connector_state(true, 2, 0), "down");
+        assert_eq!(connector_state(true, 2, 1), "degraded");
+        assert_eq!(connector_state(true, 2, 2), "up");
     }
 
     #[test]

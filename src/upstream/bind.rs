@@ -8,11 +8,24 @@
 //!
 //! deliver_sm is answered only after its `Receipt` / `MoReceived` committed:
 //! the proposal runs as its own task and queues the response here.
+//!
+//! Long messages follow the connector's `long_messages`: `as-submitted`
+//! sends what the customer sent (a part with its UDH or SAR values, a long
+//! payload in message_payload once it exceeds short_message); `udh` and
+//! `sar` split an unsegmented message longer than one SMS into parts, each
+//! its own submit_sm; `payload` sends such a message whole in
+//! message_payload. A split message is one job: its parts go out in order
+//! (as the window allows) and, once every part is answered, each accepted
+//! part's operator id is proposed as its own `Submitted` (so every part's
+//! receipt matches the message); only if no part was accepted does the job
+//! fail (with the first part's status). The message's final state then
+//! comes from the store's rule: the first final receipt of any part.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,11 +34,13 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::{status, unix_now_ms, ConnectorShared, Job, Outcome};
+use crate::config::LongMessages;
 use crate::metrics::Histogram;
 use crate::peer::{Event, LocalNotify, PduConnection, PeerConfig};
 use crate::smpp::frame::Frame;
 use crate::smpp::pdu::{Bind, Body, DeliverSm, DeliverSmResp, Pdu, SubmitSm};
 use crate::smpp::receipt::{identify_receipt, ReceiptSyntax};
+use crate::smpp::segment::{self, Carriage, ConcatReference};
 use crate::smpp::session::{KeepAlive, KeepAliveConfig, ResponseMatch, SequenceNumbers, Window};
 use crate::smpp::status::CommandStatus;
 use crate::smpp::text::{DataCoding, DefaultAlphabet};
@@ -106,25 +121,51 @@ impl CoreContext {
     }
 }
 
-/// Counts a bind as able to submit while it lives.
-struct UpGuard<'a>(&'a ConnectorShared);
+/// Counts a bind in a connector counter while it lives (and, for the submit
+/// counter, in the open-binds metric).
+struct CountGuard<'a> {
+    counter: &'a AtomicUsize,
+    metric_of: Option<&'a str>,
+}
 
-impl Drop for UpGuard<'_> {
-    fn drop(&mut self) {
-        self.0.up_binds.fetch_sub(1, Ordering::Relaxed);
-        crate::metrics::upstream_binds_open_add(&self.0.name, -1);
+impl<'a> CountGuard<'a> {
+    fn new(counter: &'a AtomicUsize, metric_of: Option<&'a str>) -> CountGuard<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(name) = metric_of {
+            crate::metrics::upstream_binds_open_add(name, 1);
+        }
+        CountGuard { counter, metric_of }
     }
 }
 
-/// Runs one bind until the stop flag: reconnects with exponential backoff and
-/// jitter after every failure.
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+        if let Some(name) = self.metric_of {
+            crate::metrics::upstream_binds_open_add(name, -1);
+        }
+    }
+}
+
+/// Tells the fleet the bind task ended (counted up when it was spawned).
+struct RunningGuard<'a>(&'a ConnectorShared);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running_binds.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs one bind until the stop flag or its connector's retirement:
+/// reconnects with exponential backoff and jitter after every failure.
 pub async fn run(context: Rc<CoreContext>, spec: BindSpec) {
     let connector = &spec.connector;
-    let min_ms = connector.config.reconnect_min_ms.max(1);
-    let max_ms = connector.config.reconnect_max_ms.max(min_ms);
+    let _running = RunningGuard(connector);
+    let min_ms = connector.record.reconnect_min_ms.max(1);
+    let max_ms = connector.record.reconnect_max_ms.max(min_ms);
     let mut delay_ms = min_ms;
     let mut attempt = spec.bind_index;
-    while !context.stopping() {
+    while !context.stopping() && !connector.is_retired() {
         let host = match connector.hosts.get(attempt % connector.hosts.len().max(1)) {
             Some(host) => *host,
             None => return,
@@ -138,27 +179,34 @@ pub async fn run(context: Rc<CoreContext>, spec: BindSpec) {
                 match result {
                     Ok(()) => tracing::info!(connector = connector.name.as_str(), "bind closed"),
                     Err(e) => {
-                        tracing::warn!(connector = connector.name.as_str(), %host, "bind lost: {e}")
+                        tracing::warn!(connector = connector.name.as_str(), %host, "bind lost: {e}");
+                        connector.set_last_error(format!("{host}: bind lost: {e}"));
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(connector = connector.name.as_str(), %host, "cannot bind: {e}");
+                connector.set_last_error(format!("{host}: cannot bind: {e}"));
             }
         }
-        if context.stopping() {
+        if context.stopping() || connector.is_retired() {
             break;
         }
         // Half fixed, half random: binds that fell together spread out.
         let jitter = rand::thread_rng().gen_range(0..=delay_ms / 2);
-        sleep_unless_stopped(&context, Duration::from_millis(delay_ms / 2 + jitter)).await;
+        sleep_unless_stopped(
+            &context,
+            connector,
+            Duration::from_millis(delay_ms / 2 + jitter),
+        )
+        .await;
         delay_ms = delay_ms.saturating_mul(2).min(max_ms);
     }
 }
 
-async fn sleep_unless_stopped(context: &CoreContext, total: Duration) {
+async fn sleep_unless_stopped(context: &CoreContext, connector: &ConnectorShared, total: Duration) {
     let until = Instant::now() + total;
-    while !context.stopping() && Instant::now() < until {
+    while !context.stopping() && !connector.is_retired() && Instant::now() < until {
         let left = until.saturating_duration_since(Instant::now());
         glommio::timer::sleep(left.min(Duration::from_millis(100))).await;
     }
@@ -169,7 +217,7 @@ async fn connect_and_bind(
     spec: &BindSpec,
     host: std::net::SocketAddr,
 ) -> Result<(PduConnection, SequenceNumbers), String> {
-    let config = &spec.connector.config;
+    let config = &spec.connector.record;
     let mut conn = glommio::timer::timeout(CONNECT_TIMEOUT, async {
         PduConnection::connect(host, PeerConfig::default())
             .await
@@ -209,7 +257,7 @@ async fn connect_and_bind(
     if !pdu.command_status.is_ok() {
         return Err(format!("bind refused: {}", pdu.command_status));
     }
-    if context.stopping() {
+    if context.stopping() || spec.connector.is_retired() {
         return Err("stopping".into());
     }
     Ok((conn, seq))
@@ -221,12 +269,34 @@ enum Wake {
     Tick,
 }
 
+/// A message split into parts: one job, answered once every part is.
+struct Split {
+    job: Option<Job>,
+    total: usize,
+    answered: usize,
+    /// (seqnum, normalised operator id) of each accepted part.
+    accepted: Vec<(usize, String)>,
+    first_failure: Option<u32>,
+}
+
+/// What one submit_sm in the window stands for.
+enum Sent {
+    Whole(Job),
+    Part {
+        split: Rc<RefCell<Split>>,
+        seqnum: usize,
+    },
+}
+
 struct Session<'a> {
     context: &'a Rc<CoreContext>,
     connector: &'a Arc<ConnectorShared>,
     role: Role,
     seq: SequenceNumbers,
-    window: Window<Job>,
+    window: Window<Sent>,
+    /// Parts of a split message not yet in the window, in order; no new job
+    /// is taken while any wait (bounded by one message's parts).
+    parts: VecDeque<(SubmitSm, Rc<RefCell<Split>>, usize)>,
     keepalive: KeepAlive,
     tokens: f64,
     refilled_ms: u64,
@@ -238,7 +308,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(context: &'a Rc<CoreContext>, spec: &'a BindSpec, seq: SequenceNumbers) -> Self {
-        let config = &spec.connector.config;
+        let config = &spec.connector.record;
         let now_ms = context.now_ms();
         let enquire_ms = u64::from(config.enquire_link_s)
             .saturating_mul(1000)
@@ -250,6 +320,7 @@ impl<'a> Session<'a> {
             role: spec.role,
             seq,
             window: Window::new(capacity, config.submit_timeout_ms.max(1)),
+            parts: VecDeque::new(),
             keepalive: KeepAlive::new(
                 KeepAliveConfig {
                     enquire_after_idle_ms: enquire_ms,
@@ -259,8 +330,8 @@ impl<'a> Session<'a> {
             ),
             tokens: 1.0,
             refilled_ms: now_ms,
-            rate_per_s: (config.max_tps > 0)
-                .then(|| f64::from(config.max_tps) / f64::from(config.binds.max(1))),
+            rate_per_s: (config.throughput_per_s > 0)
+                .then(|| f64::from(config.throughput_per_s) / f64::from(config.bind_count.max(1))),
             responses: Rc::new(RefCell::new(VecDeque::new())),
             deliveries_in_flight: Rc::new(Cell::new(0)),
             notify: Rc::new(LocalNotify::new()),
@@ -268,21 +339,20 @@ impl<'a> Session<'a> {
     }
 
     async fn serve(mut self, mut conn: PduConnection) -> Result<(), String> {
-        let _up = if self.role.submits() {
-            self.connector.up_binds.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::upstream_binds_open_add(&self.connector.name, 1);
-            Some(UpGuard(self.connector))
-        } else {
-            None
-        };
+        let connector = self.connector;
+        let _bound = CountGuard::new(&connector.bound, None);
+        let _up = self
+            .role
+            .submits()
+            .then(|| CountGuard::new(&connector.up_binds, Some(connector.name.as_str())));
         let result = self.serve_loop(&mut conn).await;
         // Outstanding submits: the operator may or may not have taken them.
-        for outstanding in self.window.drain() {
-            let _ = self.context.outcomes.send(Outcome::Failed {
-                job: outstanding.tag,
-                connector: self.connector.index,
-                status: status::BIND_LOST,
-            });
+        let outstanding: Vec<Sent> = self.window.drain().map(|o| o.tag).collect();
+        for sent in outstanding {
+            self.answer(sent, Err(status::BIND_LOST));
+        }
+        while let Some((_, split, seqnum)) = self.parts.pop_front() {
+            self.answer(Sent::Part { split, seqnum }, Err(status::BIND_LOST));
         }
         if result.is_ok() {
             conn.close().await;
@@ -298,17 +368,28 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn may_submit(&self, conn: &PduConnection) -> bool {
+    /// Whether one more submit_sm may go out now.
+    fn may_send(&self, conn: &PduConnection) -> bool {
         self.role.submits()
             && !self.window.is_full()
             && !conn.is_write_congested()
             && (self.rate_per_s.is_none() || self.tokens >= 1.0)
     }
 
+    /// Whether a new job may be taken: room to send, no parts waiting, and
+    /// the connector not retiring.
+    fn may_submit(&self, conn: &PduConnection) -> bool {
+        self.parts.is_empty() && !self.connector.is_retired() && self.may_send(conn)
+    }
+
     async fn serve_loop(&mut self, conn: &mut PduConnection) -> Result<(), String> {
         loop {
             let now_ms = self.context.now_ms();
-            if self.context.stopping() {
+            // A retired connector finishes what the operator holds, then
+            // unbinds; what was queued goes back to the dispatcher.
+            let retired_and_done =
+                self.connector.is_retired() && self.window.is_empty() && self.parts.is_empty();
+            if self.context.stopping() || retired_and_done {
                 let seq = self.seq.allocate();
                 let _ = conn.send(&Pdu::new(seq, Body::Unbind));
                 let _ = conn.flush().await;
@@ -319,12 +400,9 @@ impl<'a> Session<'a> {
                 let Some(pdu) = next else { break };
                 conn.send(&pdu).map_err(|e| e.to_string())?;
             }
-            for expired in self.window.expire(now_ms) {
-                let _ = self.context.outcomes.send(Outcome::Failed {
-                    job: expired.tag,
-                    connector: self.connector.index,
-                    status: status::RESPONSE_TIMEOUT,
-                });
+            let expired: Vec<Sent> = self.window.expire(now_ms).map(|o| o.tag).collect();
+            for sent in expired {
+                self.answer(sent, Err(status::RESPONSE_TIMEOUT));
             }
             if self.keepalive.is_peer_dead(now_ms) {
                 return Err("operator silent past the keep-alive limit".into());
@@ -336,6 +414,7 @@ impl<'a> Session<'a> {
                 self.keepalive.on_enquire_sent(now_ms);
             }
             self.refill(now_ms);
+            self.send_parts(conn, now_ms)?;
             while self.may_submit(conn) {
                 match self.connector.jobs_rx.try_recv() {
                     Ok(job) => self.submit(conn, job, now_ms)?,
@@ -351,6 +430,9 @@ impl<'a> Session<'a> {
                 .clamp(1, 1000);
             let wait_ms = if self.rate_per_s.is_some() && self.tokens < 1.0 {
                 wait_ms.min(5)
+            } else if self.connector.is_retired() {
+                // Look again soon whether the window drained.
+                wait_ms.min(50)
             } else {
                 wait_ms
             };
@@ -393,33 +475,84 @@ impl<'a> Session<'a> {
     }
 
     fn submit(&mut self, conn: &mut PduConnection, job: Job, now_ms: u64) -> Result<(), String> {
+        let connector = self.connector;
         let age_ms = u64::try_from(job.queued_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if age_ms > MAX_QUEUED_MS {
+        if age_ms > MAX_QUEUED_MS || connector.is_retired() {
             let _ = self.context.outcomes.send(Outcome::Unsent {
                 job,
-                connector: self.connector.index,
+                connector: connector.key,
             });
             return Ok(());
         }
-        let Some(sm) = submit_sm_for(&job.accept, self.connector.default_alphabet) else {
+        let reference = job.id.stable_hash();
+        let Some(mut pdus) = submits_for(
+            &job.accept,
+            connector.default_alphabet,
+            connector.long_messages,
+            reference,
+        ) else {
             let _ = self.context.outcomes.send(Outcome::Failed {
                 job,
-                connector: self.connector.index,
+                connector: connector.key,
                 status: CommandStatus::ESME_RINVSRCADR.0,
             });
             return Ok(());
         };
+        if pdus.len() == 1 {
+            if let Some(sm) = pdus.pop() {
+                self.send_one(conn, sm, Sent::Whole(job), now_ms)?;
+            }
+            return Ok(());
+        }
+        let split = Rc::new(RefCell::new(Split {
+            job: Some(job),
+            total: pdus.len(),
+            answered: 0,
+            accepted: Vec::with_capacity(pdus.len()),
+            first_failure: None,
+        }));
+        for (index, sm) in pdus.into_iter().enumerate() {
+            self.parts.push_back((sm, Rc::clone(&split), index + 1));
+        }
+        self.send_parts(conn, now_ms)
+    }
+
+    /// Sends waiting parts, in order, while the window and throughput allow.
+    fn send_parts(&mut self, conn: &mut PduConnection, now_ms: u64) -> Result<(), String> {
+        while !self.parts.is_empty() && self.may_send(conn) {
+            let Some((sm, split, seqnum)) = self.parts.pop_front() else {
+                break;
+            };
+            self.send_one(conn, sm, Sent::Part { split, seqnum }, now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn send_one(
+        &mut self,
+        conn: &mut PduConnection,
+        sm: SubmitSm,
+        sent: Sent,
+        now_ms: u64,
+    ) -> Result<(), String> {
         let seq = self.seq.allocate();
         match self
             .window
-            .try_reserve(seq, CommandId::SubmitSm, now_ms, job)
+            .try_reserve(seq, CommandId::SubmitSm, now_ms, sent)
         {
             Ok(()) => crate::metrics::observe(Histogram::WindowOccupancy, self.window.len() as u64),
             Err(e) => {
-                let _ = self.context.outcomes.send(Outcome::Unsent {
-                    job: e.into_tag(),
-                    connector: self.connector.index,
-                });
+                match e.into_tag() {
+                    Sent::Whole(job) => {
+                        let _ = self.context.outcomes.send(Outcome::Unsent {
+                            job,
+                            connector: self.connector.key,
+                        });
+                    }
+                    // Callers check the room first; should a part not fit,
+                    // it waits at the front for the next turn.
+                    Sent::Part { split, seqnum } => self.parts.push_front((sm, split, seqnum)),
+                }
                 return Ok(());
             }
         }
@@ -483,15 +616,10 @@ impl<'a> Session<'a> {
         Ok(true)
     }
 
-    fn on_submit_resp(&mut self, job: Job, command_status: CommandStatus, message_id: &[u8]) {
-        let connector = self.connector.index;
+    fn on_submit_resp(&mut self, sent: Sent, command_status: CommandStatus, message_id: &[u8]) {
         if !command_status.is_ok() {
             crate::metrics::submit_failed(&self.connector.name, command_status);
-            let _ = self.context.outcomes.send(Outcome::Failed {
-                job,
-                connector,
-                status: command_status.0,
-            });
+            self.answer(sent, Err(command_status.0));
             return;
         }
         crate::metrics::submitted(&self.connector.name);
@@ -508,19 +636,92 @@ impl<'a> Session<'a> {
                     .to_owned()
             }
         };
-        let command = Command::Submitted {
-            id: job.id,
-            connector: self.connector.name.clone(),
-            upstream_id,
-            at_ms: unix_now_ms(),
+        self.answer(sent, Ok(upstream_id));
+    }
+
+    /// One submit_sm answered: the operator's id, or a failure status (its
+    /// own, or a local one for a timeout or a lost bind).
+    fn answer(&mut self, sent: Sent, result: Result<String, u32>) {
+        let connector = self.connector;
+        match &result {
+            Ok(_) => connector.submitted.fetch_add(1, Ordering::Relaxed),
+            Err(_) => connector.failed.fetch_add(1, Ordering::Relaxed),
         };
+        match sent {
+            Sent::Whole(job) => match result {
+                Ok(upstream_id) => self.propose_submitted(job.id, vec![upstream_id]),
+                Err(status) => {
+                    let _ = self.context.outcomes.send(Outcome::Failed {
+                        job,
+                        connector: connector.key,
+                        status,
+                    });
+                }
+            },
+            Sent::Part { split, seqnum } => {
+                let finished = {
+                    let mut split = split.borrow_mut();
+                    split.answered += 1;
+                    match result {
+                        Ok(upstream_id) => split.accepted.push((seqnum, upstream_id)),
+                        Err(status) => {
+                            split.first_failure.get_or_insert(status);
+                        }
+                    }
+                    debug_assert!(split.answered <= split.total, "a part answered twice");
+                    (split.answered == split.total).then(|| {
+                        let mut accepted = std::mem::take(&mut split.accepted);
+                        accepted.sort_by_key(|(seqnum, _)| *seqnum);
+                        (split.job.take(), accepted, split.first_failure, split.total)
+                    })
+                };
+                let Some((Some(job), accepted, first_failure, total)) = finished else {
+                    return;
+                };
+                if accepted.is_empty() {
+                    let _ = self.context.outcomes.send(Outcome::Failed {
+                        job,
+                        connector: connector.key,
+                        status: first_failure.unwrap_or(status::BIND_LOST),
+                    });
+                    return;
+                }
+                if let Some(status) = first_failure {
+                    // The operator holds some parts: the message stands on
+                    // them (resending all would duplicate those parts).
+                    tracing::warn!(
+                        connector = connector.name.as_str(),
+                        id = %job.id,
+                        status = format_args!("0x{status:08X}"),
+                        "{} of {total} parts refused; the message goes on with the rest",
+                        total - accepted.len()
+                    );
+                }
+                self.propose_submitted(job.id, accepted.into_iter().map(|(_, id)| id).collect());
+            }
+        }
+    }
+
+    /// Proposes one `Submitted` per operator id (one per part), in order.
+    fn propose_submitted(&self, id: crate::store::id::MessageId, upstream_ids: Vec<String>) {
         let store = self.context.store.clone();
         let outcomes = self.context.outcomes.clone();
-        let id = job.id;
+        let connector = self.connector.name.clone();
         glommio::spawn_local(async move {
-            let outcome = match propose_until_committed(&store, &command).await {
-                Some(_) => Outcome::Submitted { id },
-                None => Outcome::Lost { id },
+            let mut committed = true;
+            for upstream_id in upstream_ids {
+                let command = Command::Submitted {
+                    id,
+                    connector: connector.clone(),
+                    upstream_id,
+                    at_ms: unix_now_ms(),
+                };
+                committed &= propose_until_committed(&store, &command).await.is_some();
+            }
+            let outcome = if committed {
+                Outcome::Submitted { id }
+            } else {
+                Outcome::Lost { id }
             };
             let _ = outcomes.send(outcome);
         })
@@ -668,10 +869,13 @@ fn upstream_data_coding(stored: u8, operator_default: DefaultAlphabet) -> u8 {
         .map_or(stored, |coding| coding.to_smpp(operator_default))
 }
 
-/// The submit_sm for a stored message; None when an address cannot go on
-/// the wire. A payload over 254 octets travels in message_payload, as stored.
-fn submit_sm_for(accept: &Accept, operator_default: DefaultAlphabet) -> Option<SubmitSm> {
-    let mut sm = SubmitSm {
+/// The largest short_message (its length is one octet; 255 is reserved).
+const MAX_SHORT_MESSAGE_BYTES: usize = 254;
+
+/// The submit_sm fields common to every part of a stored message; None when
+/// an address cannot go on the wire.
+fn submit_sm_base(accept: &Accept, operator_default: DefaultAlphabet) -> Option<SubmitSm> {
+    Some(SubmitSm {
         source_addr_ton: accept.source.ton,
         source_addr_npi: accept.source.npi,
         source_addr: Address::from_text(&accept.source.digits)?,
@@ -685,13 +889,84 @@ fn submit_sm_for(accept: &Accept, operator_default: DefaultAlphabet) -> Option<S
         registered_delivery: 1,
         data_coding: upstream_data_coding(accept.data_coding, operator_default),
         ..SubmitSm::default()
+    })
+}
+
+/// The submit_sm PDUs for a stored message under the connector's
+/// `long_messages` mode (one, or one per part); None when an address cannot
+/// go on the wire. `reference` (the message id's hash) gives the parts'
+/// concatenation reference: the same on every attempt of the message.
+fn submits_for(
+    accept: &Accept,
+    operator_default: DefaultAlphabet,
+    mode: LongMessages,
+    reference: u64,
+) -> Option<Vec<SubmitSm>> {
+    let base = submit_sm_base(accept, operator_default)?;
+    // Already a part (UDH in the payload, or SAR values): it goes as one.
+    let unsegmented = accept.segment.is_none() && accept.esm_class & ESM_UDHI == 0;
+    // Text the segmenter can cut safely: a data_coding we understand. The
+    // stored payload is as the customer's data_coding says (0 = GSM).
+    let encoding = DataCoding::from_smpp(accept.data_coding, DefaultAlphabet::Gsm7)
+        .ok()
+        .map(|coding| coding.encoding);
+    let single_bytes = encoding.map_or(140, |e| {
+        segment::limits(e, Carriage::Sar { reference: 0 }).single_bytes
+    });
+    let too_long = accept.payload.len() > single_bytes;
+    let carriage = match mode {
+        LongMessages::Udh => Some(Carriage::Udh(ConcatReference::Eight(reference as u8))),
+        LongMessages::Sar => Some(Carriage::Sar {
+            reference: reference as u16,
+        }),
+        LongMessages::AsSubmitted | LongMessages::Payload => None,
     };
-    if accept.payload.len() <= 254 {
-        sm.short_message = Bytes::copy_from_slice(&accept.payload);
-    } else {
-        sm.tlvs.set_message_payload(&accept.payload).ok()?;
+    if unsegmented && too_long {
+        if let (Some(carriage), Some(encoding)) = (carriage, encoding) {
+            match segment::segment(encoding, &accept.payload, carriage) {
+                Ok(parts) => {
+                    let mut pdus = Vec::with_capacity(parts.len());
+                    for part in parts {
+                        let mut sm = base.clone();
+                        if part.udhi {
+                            sm.esm_class |= ESM_UDHI;
+                        }
+                        if let Some(sar) = part.sar {
+                            set_sar(&mut sm, sar.reference, sar.total, sar.seqnum)?;
+                        }
+                        sm.short_message = Bytes::from(part.bytes);
+                        pdus.push(sm);
+                    }
+                    return Some(pdus);
+                }
+                Err(e) => {
+                    tracing::warn!(id = %accept.id, "cannot split ({e}); sent in message_payload");
+                }
+            }
+        }
     }
-    Some(sm)
+    let mut sm = base;
+    if let Some(info) = accept.segment.filter(|_| accept.esm_class & ESM_UDHI == 0) {
+        // A customer's SAR part: the operator must see the same values.
+        set_sar(&mut sm, info.reference, info.total, info.sequence)?;
+    }
+    let whole_in_payload = accept.payload.len() > MAX_SHORT_MESSAGE_BYTES
+        || (mode == LongMessages::Payload && unsegmented && too_long);
+    if whole_in_payload {
+        sm.tlvs.set_message_payload(&accept.payload).ok()?;
+    } else {
+        sm.short_message = Bytes::copy_from_slice(&accept.payload);
+    }
+    Some(vec![sm])
+}
+
+/// esm_class bit: short_message starts with a User Data Header.
+const ESM_UDHI: u8 = 0x40;
+
+fn set_sar(sm: &mut SubmitSm, reference: u16, total: u8, seqnum: u8) -> Option<()> {
+    sm.tlvs.set_sar_msg_ref_num(reference).ok()?;
+    sm.tlvs.set_sar_total_segments(total).ok()?;
+    sm.tlvs.set_sar_segment_seqnum(seqnum).ok()
 }
 
 /// Proposes until the command commits (idempotent commands: a retry after an
@@ -749,9 +1024,15 @@ mod tests {
         }
     }
 
+    fn one(accept: &Accept, mode: LongMessages) -> SubmitSm {
+        let mut pdus = submits_for(accept, DefaultAlphabet::Gsm7, mode, 0x1234_5678).expect("sm");
+        assert_eq!(pdus.len(), 1, "one submit_sm");
+        pdus.remove(0)
+    }
+
     #[test]
     fn short_and_long_messages_go_as_stored() {
-        let sm = submit_sm_for(&accept(b"hi".to_vec(), 0), DefaultAlphabet::Gsm7).expect("sm");
+        let sm = one(&accept(b"hi".to_vec(), 0), LongMessages::AsSubmitted);
         assert_eq!(&sm.short_message[..], b"hi");
         assert_eq!(sm.esm_class, 0x40, "UDHI kept");
         assert_eq!(
@@ -759,12 +1040,146 @@ mod tests {
             "the operator's receipt is always asked for"
         );
         let long = vec![b'x'; 300];
-        let sm = submit_sm_for(&accept(long.clone(), 8), DefaultAlphabet::Gsm7).expect("sm");
+        let sm = one(&accept(long.clone(), 8), LongMessages::AsSubmitted);
         assert!(sm.short_message.is_empty());
         assert_eq!(sm.message(), Bytes::from(long));
         let mut bad = accept(b"hi".to_vec(), 0);
         bad.destination.digits = "1".repeat(40);
-        assert!(submit_sm_for(&bad, DefaultAlphabet::Gsm7).is_none());
+        assert!(submits_for(&bad, DefaultAlphabet::Gsm7, LongMessages::Udh, 0).is_none());
+    }
+
+    /// An unsegmented GSM text of `len` septets.
+    fn long_text(len: usize) -> Accept {
+        let mut a = accept((0..len).map(|i| b'a' + (i % 26) as u8).collect(), 0);
+        a.esm_class = 0;
+        a
+    }
+
+    #[test]
+    fn as_submitted_keeps_long_text_in_one_pdu() {
+        let a = long_text(200);
+        let sm = one(&a, LongMessages::AsSubmitted);
+        assert_eq!(
+            &sm.short_message[..],
+            &a.payload[..],
+            "200 octets fit short_message"
+        );
+        assert!(sm.tlvs.sar_msg_ref_num().is_none());
+    }
+
+    #[test]
+    fn udh_mode_splits_with_a_concatenation_header() {
+        let a = long_text(400);
+        let pdus =
+            submits_for(&a, DefaultAlphabet::Gsm7, LongMessages::Udh, 0x1234_5678).expect("parts");
+        assert_eq!(pdus.len(), 3, "400 septets at 153 a part");
+        let mut body = Vec::new();
+        for (i, sm) in pdus.iter().enumerate() {
+            assert_eq!(sm.esm_class & 0x40, 0x40, "UDHI set");
+            let seqnum = u8::try_from(i + 1).expect("small");
+            assert_eq!(
+                &sm.short_message[..6],
+                &[0x05, 0x00, 0x03, 0x78, 3, seqnum],
+                "8-bit reference from the id hash, total, seqnum"
+            );
+            assert!(sm.short_message.len() <= 6 + 153);
+            assert!(sm
+                .tlvs
+                .get(crate::smpp::tlv::tag::MESSAGE_PAYLOAD)
+                .is_none());
+            body.extend_from_slice(&sm.short_message[6..]);
+        }
+        assert_eq!(body, a.payload, "the parts carry the whole text in order");
+        // A message that fits one SMS goes as one, without a header.
+        let sm = one(&long_text(160), LongMessages::Udh);
+        assert_eq!(sm.esm_class & 0x40, 0);
+        assert_eq!(sm.short_message.len(), 160);
+    }
+
+    #[test]
+    fn sar_mode_splits_with_sar_tlvs() {
+        let a = long_text(400);
+        let pdus =
+            submits_for(&a, DefaultAlphabet::Gsm7, LongMessages::Sar, 0x1234_5678).expect("parts");
+        assert_eq!(pdus.len(), 3, "400 septets at 152 a part");
+        let mut body = Vec::new();
+        for (i, sm) in pdus.iter().enumerate() {
+            assert_eq!(sm.esm_class & 0x40, 0, "no UDH");
+            assert_eq!(sm.tlvs.sar_msg_ref_num(), Some(0x5678));
+            assert_eq!(sm.tlvs.sar_total_segments(), Some(3));
+            assert_eq!(
+                sm.tlvs.sar_segment_seqnum(),
+                Some(u8::try_from(i + 1).expect("small"))
+            );
+            body.extend_from_slice(&sm.short_message);
+        }
+        assert_eq!(body, a.payload);
+    }
+
+    #[test]
+    fn ucs2_is_split_on_character_boundaries() {
+        let mut a = accept([0x04, 0x10].repeat(150), 8);
+        a.esm_class = 0;
+        let pdus = submits_for(&a, DefaultAlphabet::Gsm7, LongMessages::Udh, 7).expect("parts");
+        assert_eq!(pdus.len(), 3, "150 UCS-2 characters at 67 a part");
+        assert!(pdus.iter().all(|sm| (sm.short_message.len() - 6) % 2 == 0));
+        assert!(pdus.iter().all(|sm| sm.data_coding == 8));
+    }
+
+    #[test]
+    fn payload_mode_sends_a_long_message_whole_in_message_payload() {
+        let a = long_text(200);
+        let sm = one(&a, LongMessages::Payload);
+        assert!(sm.short_message.is_empty());
+        assert_eq!(sm.message(), Bytes::from(a.payload.clone()));
+        assert_eq!(sm.esm_class & 0x40, 0);
+        let short = one(&long_text(100), LongMessages::Payload);
+        assert_eq!(
+            short.short_message.len(),
+            100,
+            "one SMS stays in short_message"
+        );
+    }
+
+    #[test]
+    fn parts_from_the_customer_go_as_parts_in_every_mode() {
+        // A UDH part (esm_class 0x40 in `accept`): never split again.
+        let mut udh_part = accept(vec![b'x'; 159], 0);
+        udh_part.segment = Some(crate::store::command::SegmentInfo {
+            reference: 9,
+            total: 2,
+            sequence: 1,
+        });
+        // A SAR part: its SAR values go to the operator too.
+        let mut sar_part = udh_part.clone();
+        sar_part.esm_class = 0;
+        sar_part.payload = vec![b'y'; 152];
+        for mode in [
+            LongMessages::AsSubmitted,
+            LongMessages::Udh,
+            LongMessages::Sar,
+            LongMessages::Payload,
+        ] {
+            let sm = one(&udh_part, mode);
+            assert_eq!(&sm.short_message[..], &udh_part.payload[..], "{mode:?}");
+            assert_eq!(sm.esm_class & 0x40, 0x40);
+            let sm = one(&sar_part, mode);
+            assert_eq!(sm.short_message.len(), 152, "{mode:?}");
+            assert_eq!(sm.tlvs.sar_msg_ref_num(), Some(9));
+            assert_eq!(sm.tlvs.sar_total_segments(), Some(2));
+            assert_eq!(sm.tlvs.sar_segment_seqnum(), Some(1));
+        }
+    }
+
+    #[test]
+    fn latin1_operator_label_applies_to_every_part() {
+        let a = long_text(400);
+        let pdus = submits_for(&a, DefaultAlphabet::Latin1, LongMessages::Udh, 1).expect("parts");
+        assert_eq!(pdus.len(), 3);
+        assert!(
+            pdus.iter().all(|sm| sm.data_coding == 0xF1),
+            "GSM text to a Latin-1 operator is labelled 0xF1 on every part"
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! connector's binds, and decides what a failure means.
 //!
 //! Owns: the node's in-flight table (bounded by `upstream.max_in_flight`),
-//! retry timing (exponential backoff with jitter), the routing table's
-//! refresh from the store, and the `SubmitFailed` proposals. Must not touch:
+//! retry timing (exponential backoff with jitter), the routing table's and
+//! the connector fleet's refresh from the store (both read in one query, so
+//! a route never sees a connector set older than itself), and the
+//! `SubmitFailed` proposals. Must not touch:
 //! sockets (binds do the SMPP), or `Effect::Deliver` (passed on untouched).
 
 use std::cmp::Reverse;
@@ -16,16 +18,18 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::bind::{propose_until_committed, MAX_QUEUED_MS};
-use super::{is_temporary, status, unix_now_ms, ConnectorShared, Job, Outcome};
+use super::fleet::Fleet;
+use super::{is_temporary, status, unix_now_ms, Job, Outcome};
 use crate::config::UpstreamSection;
 use crate::metrics::Counter;
 use crate::routing::{candidates, RoutingTable};
-use crate::store::command::{Accept, Command, Route};
+use crate::store::command::{Accept, Command, Connector, Route};
 use crate::store::driver::StoreHandle;
 use crate::store::id::MessageId;
 use crate::store::state::{Effect, MessageState};
 
-/// How often routes are re-read and the in-flight table checked.
+/// How often routes and connectors are looked at (a cheap comparison on the
+/// store thread; copied only when they changed) and the in-flight table checked.
 const TICK: Duration = Duration::from_millis(200);
 /// Rescan of `owned_unsubmitted` even without lost effects: catches work a
 /// failed proposal or a full table left in the store.
@@ -47,7 +51,8 @@ const EFFECT_BATCH: usize = 1024;
 pub struct DispatchStart {
     pub node_id: u64,
     pub store: StoreHandle,
-    pub connectors: Vec<Arc<ConnectorShared>>,
+    /// Starts and retires binds as the connector records change.
+    pub fleet: Fleet,
     pub settings: UpstreamSection,
     pub outcomes_rx: flume::Receiver<Outcome>,
 }
@@ -66,15 +71,17 @@ struct Flight {
     failures: u32,
     /// Consecutive looks that found no usable connector.
     idle_looks: u32,
-    /// The connector that failed last: the next attempt prefers another.
-    avoid: Option<usize>,
+    /// The connector instance (key) that failed last: the next attempt
+    /// prefers another.
+    avoid: Option<u64>,
     state: FlightState,
 }
 
 struct Dispatcher {
     start: DispatchStart,
     table: RoutingTable,
-    routes_seen: Vec<Route>,
+    routes_seen: Arc<Vec<Route>>,
+    connectors_seen: Arc<Vec<Connector>>,
     flights: HashMap<MessageId, Flight>,
     timers: BinaryHeap<Reverse<(Instant, MessageId, u32)>>,
     candidates: Vec<usize>,
@@ -108,7 +115,8 @@ pub async fn run(start: DispatchStart, stop: Arc<AtomicBool>) {
     let mut d = Dispatcher {
         start,
         table: RoutingTable::default(),
-        routes_seen: Vec::new(),
+        routes_seen: Arc::new(Vec::new()),
+        connectors_seen: Arc::new(Vec::new()),
         flights: HashMap::new(),
         timers: BinaryHeap::new(),
         candidates: Vec::new(),
@@ -116,7 +124,7 @@ pub async fn run(start: DispatchStart, stop: Arc<AtomicBool>) {
         finished_tx,
         finished_rx,
     };
-    d.refresh_routes().await;
+    d.refresh().await;
     d.rescan().await;
     let mut last_rescan = Instant::now();
     let mut last_tick = Instant::now();
@@ -180,7 +188,10 @@ pub async fn run(start: DispatchStart, stop: Arc<AtomicBool>) {
         d.drain_backlog();
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
-            d.refresh_routes().await;
+            d.refresh().await;
+        }
+        if d.start.fleet.has_retiring() {
+            d.take_returned();
         }
         if d.start.store.dispatch_effects().take_lost() || last_rescan.elapsed() >= RESCAN_EVERY {
             last_rescan = Instant::now();
@@ -203,18 +214,45 @@ impl Dispatcher {
         }
     }
 
-    async fn refresh_routes(&mut self) {
-        let Ok(routes) = self
+    /// Re-reads routes and connector records if they changed (compared on
+    /// the store thread against what was seen: no copy when nothing did),
+    /// then rebuilds the table and reconciles the fleet.
+    async fn refresh(&mut self) {
+        let routes_seen = Arc::clone(&self.routes_seen);
+        let connectors_seen = Arc::clone(&self.connectors_seen);
+        let Ok((routes, connectors)) = self
             .start
             .store
-            .query(|state| state.routes().cloned().collect::<Vec<Route>>())
+            .query(move |state| {
+                let routes = (!state.routes().eq(routes_seen.iter()))
+                    .then(|| state.routes().cloned().collect::<Vec<Route>>());
+                let connectors = (!state.connectors().eq(connectors_seen.iter()))
+                    .then(|| state.connectors().cloned().collect::<Vec<Connector>>());
+                (routes, connectors)
+            })
             .await
         else {
             return;
         };
-        if routes != self.routes_seen {
+        if let Some(connectors) = connectors {
+            self.connectors_seen = Arc::new(connectors.clone());
+            self.start.fleet.reconcile(connectors);
+            self.take_returned();
+        }
+        if let Some(routes) = routes {
             self.table = RoutingTable::build(&routes);
-            self.routes_seen = routes;
+            self.routes_seen = Arc::new(routes);
+        }
+    }
+
+    /// Jobs queued on connectors that retired go back to be routed again.
+    fn take_returned(&mut self) {
+        let mut returned = Vec::new();
+        self.start
+            .fleet
+            .take_returned(|job, connector| returned.push(Outcome::Unsent { job, connector }));
+        for outcome in returned {
+            self.on_outcome(outcome);
         }
     }
 
@@ -393,26 +431,29 @@ impl Dispatcher {
             self.fail(id, status::NO_ROUTE, &reason);
             return Handed::Other;
         };
-        let connectors = &self.start.connectors;
-        let by_name = |name: &str| connectors.iter().find(|c| c.name == name);
-        if rule.targets.iter().all(|t| by_name(&t.connector).is_none()) {
-            let reason = format!("route {} names no connector this node runs", rule.name);
+        let fleet = &self.start.fleet;
+        let running = fleet.running();
+        let position = |name: &str| running.iter().position(|c| c.name == name);
+        if rule.targets.iter().all(|t| !fleet.knows(&t.connector)) {
+            let reason = format!("route {} names no known connector", rule.name);
             self.fail(id, status::NO_CONNECTOR, &reason);
             return Handed::Other;
         }
         candidates(
             rule,
             id.stable_hash(),
-            |name| by_name(name).is_some_and(|c| c.is_usable()),
+            |name| position(name).is_some_and(|p| running.get(p).is_some_and(|c| c.is_usable())),
             &mut self.candidates,
         );
-        // Candidate targets → connector indices, in place (no allocation).
+        // Candidate targets → positions in the running list, in place (no
+        // allocation); valid until the next refresh, which cannot happen
+        // before this call returns.
         for slot in self.candidates.iter_mut() {
             *slot = rule
                 .targets
                 .get(*slot)
-                .and_then(|t| by_name(&t.connector))
-                .map_or(usize::MAX, |c| c.index);
+                .and_then(|t| position(&t.connector))
+                .unwrap_or(usize::MAX);
         }
         self.candidates.retain(|&c| c != usize::MAX);
         let Some(flight) = self.flights.get_mut(&id) else {
@@ -424,7 +465,8 @@ impl Dispatcher {
         // sort: the rest keep the routing order).
         if let Some(avoid) = flight.avoid {
             if self.candidates.len() > 1 {
-                self.candidates.sort_by_key(|&c| c == avoid);
+                self.candidates
+                    .sort_by_key(|&c| running.get(c).is_some_and(|c| c.key == avoid));
             }
         }
         let mut job = Job {
@@ -434,7 +476,7 @@ impl Dispatcher {
             queued_at: Instant::now(),
         };
         for &connector in &self.candidates {
-            let Some(shared) = self.start.connectors.get(connector) else {
+            let Some(shared) = running.get(connector) else {
                 continue;
             };
             match shared.jobs_tx.try_send(job) {

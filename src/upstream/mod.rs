@@ -16,14 +16,18 @@
 pub mod bind;
 pub mod dispatch;
 pub mod embedded;
+pub mod fleet;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{ConnectorConfig, Resolved, RouteConfig, UpstreamBindType};
+use crate::config::{
+    parse_bind_type, parse_default_alphabet, parse_host, parse_id_format, parse_long_messages,
+    ConnectorConfig, LongMessages, Resolved, RouteConfig, UpstreamBindType,
+};
 use crate::smpp::receipt::IdFormat;
 use crate::smpp::text::DefaultAlphabet;
 use crate::store::command::{Accept, Command, Connector, Route, RouteTarget};
@@ -43,7 +47,7 @@ pub mod status {
     /// The message's validity ended before an operator took it (proposed as
     /// `Expire`, so the message ends EXPIRED).
     pub const EXPIRED: u32 = 0x0000_0403;
-    /// The route names no connector that this node runs.
+    /// The route names no connector that the store knows.
     pub const NO_CONNECTOR: u32 = 0x0000_0404;
 }
 
@@ -64,7 +68,8 @@ pub struct Job {
     pub queued_at: Instant,
 }
 
-/// What a bind reports back to the dispatcher.
+/// What a bind reports back to the dispatcher. `connector` is the
+/// `ConnectorShared::key` of the instance that had the job.
 #[derive(Debug)]
 pub enum Outcome {
     /// `Submitted` committed.
@@ -72,45 +77,246 @@ pub enum Outcome {
     /// The operator refused it, or no response came: `status` says which.
     Failed {
         job: Job,
-        connector: usize,
+        connector: u64,
         status: u32,
     },
     /// Never sent (stale in the queue, or the bind went away first).
-    Unsent { job: Job, connector: usize },
+    Unsent { job: Job, connector: u64 },
     /// Submitted, but the commit could not be confirmed: forget it, the next
     /// rescan finds it if it is still unsubmitted.
     Lost { id: MessageId },
 }
 
-/// A connector as every core sees it.
+/// Upper bound of `bind_count` in a replicated record (as in the config).
+pub const MAX_BINDS_PER_CONNECTOR: u16 = 256;
+
+/// One replicated connector record, parsed, as every core sees it. A changed
+/// record makes a new instance (a new `key`); the old one retires: its binds
+/// unbind and its queued jobs go back to the dispatcher.
 pub struct ConnectorShared {
-    pub index: usize,
+    /// Unique within this process: outcomes and retries name the instance,
+    /// so a job never returns to a connector's successor by mistake.
+    pub key: u64,
     pub name: String,
+    /// The record as committed; binds read their settings from it.
+    pub record: Connector,
     pub hosts: Vec<SocketAddr>,
-    pub config: ConnectorConfig,
     pub bind_type: UpstreamBindType,
     pub id_format: IdFormat,
     /// What data_coding 0 means to this operator.
     pub default_alphabet: DefaultAlphabet,
+    pub long_messages: LongMessages,
     /// Binds that can submit right now; the router skips a connector at 0.
     pub up_binds: AtomicUsize,
+    /// Bound sessions of any role (receivers included), for the status.
+    pub bound: AtomicUsize,
+    /// Bind tasks alive; a retired instance is forgotten once this is 0.
+    pub running_binds: AtomicUsize,
+    retired: AtomicBool,
+    /// submit_sm accepted / refused (or unanswered) by the operator, parts
+    /// counted one by one.
+    pub submitted: AtomicU64,
+    pub failed: AtomicU64,
+    /// Set on connection and bind failures only, never per message.
+    last_error: Mutex<Option<String>>,
     pub jobs_tx: flume::Sender<Job>,
     pub jobs_rx: flume::Receiver<Job>,
 }
 
 impl ConnectorShared {
-    pub fn is_usable(&self) -> bool {
-        self.config.enabled && self.up_binds.load(Ordering::Relaxed) > 0
+    /// Parses a replicated record; the error names the bad field.
+    pub fn from_record(record: &Connector, key: u64) -> Result<ConnectorShared, String> {
+        if record.name.is_empty() || record.name.len() > 64 {
+            return Err("name must be 1..=64 characters".into());
+        }
+        if record.hosts.is_empty() {
+            return Err("hosts: needs at least one IP:PORT".into());
+        }
+        let hosts = record
+            .hosts
+            .iter()
+            .map(|h| parse_host(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("hosts: {e}"))?;
+        let bind_type = parse_bind_type(&record.bind_type)
+            .ok_or_else(|| format!("bind_type `{}` unknown", record.bind_type))?;
+        let id_format = parse_id_format(&record.id_format)
+            .ok_or_else(|| format!("id_format `{}` unknown", record.id_format))?;
+        let default_alphabet = parse_default_alphabet(&record.default_alphabet)
+            .ok_or_else(|| format!("default_alphabet `{}` unknown", record.default_alphabet))?;
+        let long_messages = parse_long_messages(&record.long_messages)
+            .ok_or_else(|| format!("long_messages `{}` unknown", record.long_messages))?;
+        if record.bind_count == 0 || record.bind_count > MAX_BINDS_PER_CONNECTOR {
+            return Err(format!(
+                "bind_count {} not in 1..={MAX_BINDS_PER_CONNECTOR}",
+                record.bind_count
+            ));
+        }
+        if record.window == 0 {
+            return Err("window must be at least 1".into());
+        }
+        // Room for one more window per bind: a bind never waits on the dispatcher.
+        let capacity = usize::from(record.window)
+            .saturating_mul(usize::from(record.bind_count))
+            .saturating_mul(2)
+            .clamp(16, 1 << 16);
+        let (jobs_tx, jobs_rx) = flume::bounded(capacity);
+        Ok(ConnectorShared {
+            key,
+            name: record.name.clone(),
+            record: record.clone(),
+            hosts,
+            bind_type,
+            id_format,
+            default_alphabet,
+            long_messages,
+            up_binds: AtomicUsize::new(0),
+            bound: AtomicUsize::new(0),
+            running_binds: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+            submitted: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            jobs_tx,
+            jobs_rx,
+        })
     }
+
+    pub fn is_usable(&self) -> bool {
+        !self.is_retired() && self.up_binds.load(Ordering::Relaxed) > 0
+    }
+
+    /// Removed, disabled or replaced: binds finish what is outstanding and unbind.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// The roles one configured bind opens.
+    pub fn roles(&self) -> &'static [bind::Role] {
+        match self.bind_type {
+            UpstreamBindType::Transceiver => &[bind::Role::Transceiver],
+            UpstreamBindType::TransmitterReceiver => {
+                &[bind::Role::Transmitter, bind::Role::Receiver]
+            }
+        }
+    }
+
+    /// Sessions this connector opens when all are up.
+    pub fn binds_configured(&self) -> usize {
+        usize::from(self.record.bind_count).saturating_mul(self.roles().len())
+    }
+
+    pub fn set_last_error(&self, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|last| last.clone())
+    }
+}
+
+/// One connector as an operator sees it (`GET` of the admin API).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectorStatus {
+    pub name: String,
+    /// The record's `enabled` (a disabled connector runs no binds).
+    pub enabled: bool,
+    /// Sessions the record asks for (bind_count, twice for
+    /// transmitter+receiver); 0 when the record is disabled or invalid.
+    pub binds_configured: u32,
+    /// Sessions bound right now.
+    pub binds_up: u32,
+    /// The last connection or bind failure, or why the record is invalid.
+    pub last_error: Option<String>,
+    /// submit_sm the operator accepted / refused or left unanswered since
+    /// this node started (parts of split messages counted one by one).
+    pub submitted: u64,
+    pub failed: u64,
+}
+
+/// What the status shows of one store record; live counters come from the
+/// running instance, if any.
+#[derive(Clone)]
+struct StatusEntry {
+    name: String,
+    enabled: bool,
+    live: Option<Arc<ConnectorShared>>,
+    /// Why the record runs no binds although enabled.
+    invalid: Option<String>,
+    /// Counters of instances that retired (kept across changes).
+    carried: (u64, u64),
+}
+
+/// The node's connector status, readable from any thread: the list changes
+/// only when the connector records do; numbers are read live from atomics.
+#[derive(Clone, Default)]
+pub struct StatusHandle(Arc<Mutex<Vec<StatusEntry>>>);
+
+impl StatusHandle {
+    pub fn snapshot(&self) -> Vec<ConnectorStatus> {
+        let Ok(entries) = self.0.lock() else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .map(|e| {
+                let live = e.live.as_deref();
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                ConnectorStatus {
+                    name: e.name.clone(),
+                    enabled: e.enabled,
+                    binds_configured: live.map_or(0, |c| count(c.binds_configured())),
+                    binds_up: live.map_or(0, |c| count(c.bound.load(Ordering::Relaxed))),
+                    last_error: e
+                        .invalid
+                        .clone()
+                        .or_else(|| live.and_then(|c| c.last_error())),
+                    submitted: live.map_or(e.carried.0, |c| c.submitted.load(Ordering::Relaxed)),
+                    failed: live.map_or(e.carried.1, |c| c.failed.load(Ordering::Relaxed)),
+                }
+            })
+            .collect()
+    }
+
+    fn publish(&self, entries: Vec<StatusEntry>) {
+        if let Ok(mut current) = self.0.lock() {
+            *current = entries;
+        }
+    }
+}
+
+/// The status handle of the upstream side started last in this process.
+static LATEST_STATUS: Mutex<Option<StatusHandle>> = Mutex::new(None);
+
+/// Connector status of this node (the upstream side started last in this
+/// process; empty before it started). Cheap: no store access.
+pub fn status() -> Vec<ConnectorStatus> {
+    LATEST_STATUS
+        .lock()
+        .ok()
+        .and_then(|latest| latest.clone())
+        .map_or_else(Vec::new, |handle| handle.snapshot())
 }
 
 /// The running upstream side; `join` after the stop flag is set.
 pub struct Upstream {
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     simulator: Option<embedded::Simulator>,
+    status: StatusHandle,
 }
 
 impl Upstream {
+    /// This node's connector status, for the HTTP layer.
+    pub fn status_handle(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
     pub fn join(self) {
         for executor in self.executors {
             if let Err(e) = executor.join() {
@@ -125,9 +331,15 @@ impl Upstream {
 
 /// How long start-up waits for each provisioning proposal.
 const PROVISION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a core waits at shutdown for its binds to unbind.
+const UNBIND_WAIT: Duration = Duration::from_secs(5);
+/// How often a core's bind spawner looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// Starts connectors and the dispatcher of this node on `cores`. Blocking
 /// (provisioning commits first); call from the engine's start-up thread.
+/// The configured connectors and routes are provisioned into the store;
+/// from then on the binds follow the replicated records (see `fleet`).
 pub fn start(
     resolved: &Resolved,
     store: &StoreHandle,
@@ -148,58 +360,18 @@ pub fn start(
     }
     provision(store, &connectors, &routes, stop)?;
 
-    let mut shared = Vec::with_capacity(connectors.len());
-    for (index, c) in connectors.iter().enumerate() {
-        // Room for one more window per bind: a bind never waits on the dispatcher.
-        let capacity = usize::from(c.window)
-            .saturating_mul(usize::from(c.binds))
-            .saturating_mul(2)
-            .clamp(16, 1 << 16);
-        let (jobs_tx, jobs_rx) = flume::bounded(capacity);
-        shared.push(Arc::new(ConnectorShared {
-            index,
-            name: c.name.clone(),
-            hosts: c.host_addrs(),
-            bind_type: c
-                .parsed_bind_type()
-                .ok_or("bind_type checked by the config")?,
-            id_format: c
-                .parsed_id_format()
-                .ok_or("id_format checked by the config")?,
-            default_alphabet: c
-                .parsed_default_alphabet()
-                .ok_or("default_alphabet checked by the config")?,
-            config: c.clone(),
-            up_binds: AtomicUsize::new(0),
-            jobs_tx,
-            jobs_rx,
-        }));
+    let status = StatusHandle::default();
+    if let Ok(mut latest) = LATEST_STATUS.lock() {
+        *latest = Some(status.clone());
     }
-    // Spread binds over the cores: bind i of the whole node goes to core i mod n.
-    let mut per_core: Vec<Vec<bind::BindSpec>> = cores.iter().map(|_| Vec::new()).collect();
-    let mut next = 0usize;
-    for connector in &shared {
-        if !connector.config.enabled {
-            continue;
-        }
-        for bind_index in 0..usize::from(connector.config.binds) {
-            let kinds: &[bind::Role] = match connector.bind_type {
-                UpstreamBindType::Transceiver => &[bind::Role::Transceiver],
-                UpstreamBindType::TransmitterReceiver => {
-                    &[bind::Role::Transmitter, bind::Role::Receiver]
-                }
-            };
-            for &role in kinds {
-                if let Some(slot) = per_core.get_mut(next % cores.len().max(1)) {
-                    slot.push(bind::BindSpec {
-                        connector: Arc::clone(connector),
-                        bind_index,
-                        role,
-                    });
-                }
-                next += 1;
-            }
-        }
+    let mut spawners = Vec::with_capacity(cores.len());
+    let mut spawn_rxs = Vec::with_capacity(cores.len());
+    for _ in cores {
+        // Unbounded in type, bounded in fact: at most the binds of the
+        // connector records, sent once per change.
+        let (tx, rx) = flume::unbounded();
+        spawners.push(tx);
+        spawn_rxs.push(rx);
     }
     // Unbounded in type, bounded in fact: one outcome per job handed out, and
     // jobs are capped by the dispatcher's `max_in_flight`.
@@ -207,12 +379,12 @@ pub fn start(
     let mut dispatcher = Some(dispatch::DispatchStart {
         node_id: config.node.id,
         store: store.clone(),
-        connectors: shared.clone(),
+        fleet: fleet::Fleet::new(spawners, status.clone()),
         settings: config.upstream.clone(),
         outcomes_rx,
     });
     let mut executors = Vec::with_capacity(cores.len());
-    for ((index, &core), binds) in cores.iter().enumerate().zip(per_core) {
+    for ((index, &core), spawn_rx) in cores.iter().enumerate().zip(spawn_rxs) {
         let context = bind::CoreStart {
             // Shards above the engine's connection cores: ids never collide.
             id_shard: u8::try_from(128 + index).unwrap_or(u8::MAX),
@@ -225,7 +397,7 @@ pub fn start(
         let dispatch_start = dispatcher.take();
         let stop_flag = Arc::clone(stop);
         let spawned = crate::runtime::spawn_pinned(&format!("tern-up-{core}"), core, move || {
-            run_core(context, binds, dispatch_start, stop_flag)
+            run_core(context, spawn_rx, dispatch_start, stop_flag)
         });
         match spawned {
             Ok(handle) => executors.push(handle),
@@ -234,6 +406,7 @@ pub fn start(
                 Upstream {
                     executors,
                     simulator,
+                    status,
                 }
                 .join();
                 return Err(format!("upstream executor on core {core}: {e}"));
@@ -241,19 +414,27 @@ pub fn start(
         }
     }
     tracing::info!(
-        connectors = shared.len(),
+        configured = connectors.len(),
         cores = cores.len(),
-        "upstream connectors started"
+        "upstream started; connectors follow the replicated records"
     );
     Ok(Upstream {
         executors,
         simulator,
+        status,
     })
 }
 
+enum CoreWake {
+    Spawn(Option<bind::BindSpec>),
+    Poll,
+}
+
+/// One upstream core: runs the binds the fleet sends it (and the dispatcher
+/// on the first core) until the stop flag, then waits for them to unbind.
 async fn run_core(
     context: bind::CoreStart,
-    binds: Vec<bind::BindSpec>,
+    spawn_rx: flume::Receiver<bind::BindSpec>,
     dispatcher: Option<dispatch::DispatchStart>,
     stop: Arc<AtomicBool>,
 ) {
@@ -268,21 +449,46 @@ async fn run_core(
         std::time::Duration::from_secs(1),
     ))
     .detach();
-    let mut tasks = Vec::with_capacity(binds.len() + 1);
-    for spec in binds {
-        tasks.push(glommio::spawn_local(bind::run(
-            std::rc::Rc::clone(&context),
-            spec,
-        )));
+    let dispatch_task =
+        dispatcher.map(|start| glommio::spawn_local(dispatch::run(start, Arc::clone(&stop))));
+    let live_binds = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let mut spawner_open = true;
+    while !stop.load(Ordering::Relaxed) {
+        let wake = futures_lite::future::or(
+            async {
+                if spawner_open {
+                    CoreWake::Spawn(spawn_rx.recv_async().await.ok())
+                } else {
+                    std::future::pending().await
+                }
+            },
+            async {
+                glommio::timer::sleep(STOP_POLL).await;
+                CoreWake::Poll
+            },
+        )
+        .await;
+        match wake {
+            CoreWake::Spawn(Some(spec)) => {
+                live_binds.set(live_binds.get() + 1);
+                let live = std::rc::Rc::clone(&live_binds);
+                let context = std::rc::Rc::clone(&context);
+                glommio::spawn_local(async move {
+                    bind::run(context, spec).await;
+                    live.set(live.get().saturating_sub(1));
+                })
+                .detach();
+            }
+            CoreWake::Spawn(None) => spawner_open = false,
+            CoreWake::Poll => {}
+        }
     }
-    if let Some(start) = dispatcher {
-        tasks.push(glommio::spawn_local(dispatch::run(
-            start,
-            Arc::clone(&stop),
-        )));
-    }
-    for task in tasks {
+    if let Some(task) = dispatch_task {
         task.await;
+    }
+    let deadline = Instant::now() + UNBIND_WAIT;
+    while live_binds.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
     }
 }
 
