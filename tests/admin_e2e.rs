@@ -192,6 +192,7 @@ fn cli_provisions_a_customer_that_binds_at_once_and_loses_it_on_delete() {
         .and_then(|list| list.iter().find(|a| a["system_id"] == "acme"))
         .unwrap_or_else(|| panic!("acme is listed: {accounts}"));
     assert_eq!(acme["max_tps"], 500, "{acme}");
+    assert_eq!(acme["api_key"], Value::Null, "no API key was given: {acme}");
     assert_eq!(acme["password"], "********", "secrets are masked: {acme}");
     assert!(!accounts.to_string().contains("hmac-sha256"), "{accounts}");
     let routes: Value =
@@ -208,6 +209,14 @@ fn cli_provisions_a_customer_that_binds_at_once_and_loses_it_on_delete() {
         table.starts_with("SYSTEM_ID") && table.contains("acme"),
         "{table}"
     );
+
+    // `set` on an existing account changes only what it names: the password
+    // given at creation still binds below.
+    let changed = node.cli_ok(&["account", "set", "acme", "--max-tps", "700"]);
+    assert!(changed.starts_with("account acme changed"), "{changed}");
+    let shown: Value =
+        serde_json::from_str(&node.cli_ok(&["account", "show", "acme", "--json"])).expect("JSON");
+    assert_eq!(shown["max_tps"], 700, "{shown}");
 
     // The new account binds and submits with no restart.
     let session = smpp_session(node.smpp_port, "acme", "pw1", 2);

@@ -121,7 +121,14 @@ pub async fn handle(context: Rc<HttpContext>, request: Request<Incoming>) -> Htt
 
 fn to_response(reply: &Reply) -> HttpResponse {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, &reply.body)
+    let mut response = json_response(status, &reply.body);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, PUT, PATCH, DELETE"),
+        );
+    }
+    response
 }
 
 /// Checks `Authorization: Bearer TOKEN` against the configured token. The
