@@ -2,6 +2,7 @@
 //! subcommand. Owns: parsing, human and JSON output. Must not touch: protocol
 //! or storage internals beyond their public APIs.
 
+pub mod admin;
 pub mod bench;
 pub mod pdu;
 pub mod sim;
@@ -38,6 +39,21 @@ pub enum Command {
     /// Load generators that measure this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Accounts (customers): list, show, create or change, delete.
+    #[command(long_about = admin::remote_help())]
+    Account(admin::AccountArgs),
+    /// Operator connectors (SMSCs): list, show, create or change, delete.
+    #[command(long_about = admin::remote_help())]
+    Connector(admin::ConnectorArgs),
+    /// Routes from customers to connectors: list, show, create or change, delete.
+    #[command(long_about = admin::remote_help())]
+    Route(admin::RouteArgs),
+    /// Number ranges (which account gets MO messages): list, show, set, delete.
+    #[command(long_about = admin::remote_help())]
+    NumberRange(admin::NumberRangeArgs),
+    /// Cluster state seen from a node: members, leader, indexes, binds, connectors.
+    #[command(long_about = admin::remote_help())]
+    Status(admin::StatusArgs),
     /// Runs one store node driven over stdin/stdout (for integration tests).
     #[command(hide = true)]
     StoreNode(store_node::StoreNodeArgs),
@@ -51,5 +67,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Sim(args) => sim::run(args),
         Command::Bench(command) => bench::run(command),
         Command::StoreNode(args) => store_node::run(args),
+        Command::Account(args) => admin::run_account(args),
+        Command::Connector(args) => admin::run_connector(args),
+        Command::Route(args) => admin::run_route(args),
+        Command::NumberRange(args) => admin::run_number_range(args),
+        Command::Status(args) => admin::run_status(args),
     }
 }
