@@ -368,15 +368,44 @@ pub async fn lookup(context: &HttpContext, request: Request<Incoming>) -> HttpRe
     }
 }
 
-/// Where a message that left the hot state (purged by retention) would be
-/// found. No archive exists on this branch, so nothing is found there.
+/// A message that left the hot state (evicted or purged by retention), from
+/// this node's archive; only its own account may read it. An archive that is
+/// busy or absent answers as "not found": the archive is a lookup
+/// convenience, not part of the no-loss guarantee.
 pub async fn archived_message(
     context: &HttpContext,
     account: &str,
     id: MessageId,
 ) -> Option<MessageView> {
-    let _ = (context, account, id);
-    None
+    let archived = context.store().archived(id).await.ok()??;
+    if archived.account != account {
+        return None;
+    }
+    let error = (archived.last_status != 0 || archived.receipt_err != 0).then_some(MessageError {
+        submit_status: archived.last_status,
+        receipt_error: archived.receipt_err,
+    });
+    Some(MessageView {
+        id: archived.id.to_string(),
+        state: state_name(archived.state),
+        from: archived.source.digits,
+        to: archived.destination.digits,
+        client_ref: archived.client_ref,
+        received_at: rfc3339::format_ms(archived.received_at_ms),
+        scheduled_at: None,
+        valid_until: archived.validity_until_ms.map(rfc3339::format_ms),
+        submitted_at: archived.submitted_at_ms.map(rfc3339::format_ms),
+        done_at: archived.done_at_ms.map(rfc3339::format_ms),
+        connector: archived.connector,
+        operator_id: archived.upstream_id,
+        attempts: archived.attempts,
+        error,
+        segment: archived.segment.map(|s| SegmentView {
+            reference: s.reference,
+            total: s.total,
+            sequence: s.sequence,
+        }),
+    })
 }
 
 // ------------------------------------------------------------ authentication
