@@ -68,6 +68,8 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 struct Bound {
     account: String,
     kind: BindKind,
+    /// The replicated account's window (0 = the node's default).
+    window: u32,
     allowed_senders: Vec<String>,
     bucket: Option<TokenBucket>,
 }
@@ -431,7 +433,13 @@ impl Connection {
         match self.authenticate(&bind, kind).await {
             Ok(bound) => {
                 self.shard.failed_binds().record_success(self.peer.ip());
-                self.window = self.shard.settings().window_for(&bound.account);
+                // The replicated window (set in the config file or through
+                // the admin API) wins; the per-connection channel was sized
+                // for the largest configured window, so it is the ceiling.
+                self.window = match usize::try_from(bound.window) {
+                    Ok(window) if window > 0 => window.min(self.shard.settings().max_window()),
+                    _ => self.shard.settings().window_for(&bound.account),
+                };
                 tracing::info!(
                     session = self.session_id,
                     peer = %self.peer,
@@ -516,6 +524,7 @@ impl Connection {
         let bucket = per_core_rate(account.throughput_per_s, self.shard.cores())
             .map(|rate| TokenBucket::new(rate, self.shard.now_ms()));
         Ok(Bound {
+            window: account.window,
             account: name,
             kind,
             allowed_senders: account.allowed_senders,
