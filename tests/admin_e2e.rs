@@ -9,11 +9,9 @@
 //! address and a bad field each end the CLI non-zero with a message that
 //! says what to fix; deleting the account makes a new bind fail.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
 mod common;
 use common::{free_port, temp_dir};
@@ -60,20 +58,9 @@ impl Node {
             http_port,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
         for port in [smpp_port, http_port] {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            while !listening(addr) {
-                if let Ok(Some(status)) = node.child.try_wait() {
-                    panic!("tern serve exited with {status}:\n{}", node.log_text());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "tern serve did not listen in time:\n{}",
-                    node.log_text()
-                );
-                thread::sleep(Duration::from_millis(100));
-            }
+            common::wait_listening(addr, "tern serve", &mut node.child, &node.log);
         }
         node
     }
@@ -121,11 +108,6 @@ fn cli_with(url: &str, token: Option<&str>, args: &[&str]) -> Output {
         command.env("TERN_ADMIN_TOKEN", token);
     }
     command.output().expect("run the tern CLI")
-}
-
-fn listening(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-        .is_ok_and(|s| s.local_addr().ok() != Some(addr))
 }
 
 /// smpplib: bind as `system_id` and submit `count` GSM messages.

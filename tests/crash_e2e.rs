@@ -53,41 +53,6 @@ fn index_of(destination: &str) -> Option<usize> {
     destination.strip_prefix(DESTINATION_PREFIX)?.parse().ok()
 }
 
-/// Whether something accepts connections at `addr`. A probe of a free port
-/// in the ephemeral range can connect to itself; that is no server.
-fn accepts(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-        .is_ok_and(|s| s.local_addr().ok() != Some(addr))
-}
-
-/// Waits until nothing accepts at `addr` any more. A SIGKILLed glommio
-/// process is reaped before the kernel has torn down its io_uring, and the
-/// listening socket the ring still references keeps accepting (then
-/// resetting) connections for a moment; a restart must not start while it
-/// does, or the first customer lands in the dead socket's backlog.
-fn wait_closed(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while accepts(addr) {
-        assert!(
-            Instant::now() < deadline,
-            "{addr} still accepts after the kill"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !accepts(addr) {
-        if let Ok(Some(status)) = child.try_wait() {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what} exited with {status}:\n{text}");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A child process killed (SIGKILL) when dropped.
 struct Process {
     child: Child,
@@ -123,7 +88,7 @@ fn start_sim(dir: &Path, port: u16, report: &Path, extra: &[&str]) -> Process {
         .stderr(std::fs::File::create(&log).expect("sim log"))
         .spawn()
         .expect("start tern sim");
-    wait_listening(addr, "tern sim", &mut child, &log);
+    common::wait_listening(addr, "tern sim", &mut child, &log);
     Process { child, log }
 }
 
@@ -167,7 +132,7 @@ fn start_serve(dir: &Path, config: &Path, smpp_port: u16, run: u32) -> Process {
         .spawn()
         .expect("start tern serve");
     let addr = SocketAddr::from(([127, 0, 0, 1], smpp_port));
-    wait_listening(addr, "tern serve", &mut child, &log);
+    common::wait_listening(addr, "tern serve", &mut child, &log);
     Process { child, log }
 }
 
@@ -450,7 +415,7 @@ fn sigkill_mid_load_loses_no_acknowledged_message_nor_its_dlr() {
         thread::sleep(Duration::from_millis(10));
     }
     serve.kill();
-    wait_closed(smpp);
+    common::wait_closed(smpp);
     let before = customer.finish();
     assert!(
         before.acked.len() < MESSAGES,

@@ -8,7 +8,7 @@
 //! segment, throttling 429 with Retry-After, /health, /ready, /metrics; and
 //! the OpenAPI document validates and its every request example is accepted.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -66,18 +66,7 @@ impl Node {
                 .build(),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !listening(addr) {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("tern serve exited with {status}:\n{}", node.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tern serve did not listen in time:\n{}",
-                node.log_text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_listening(addr, "tern serve", &mut node.child, &node.log);
         node
     }
 
@@ -212,11 +201,6 @@ impl Reply {
 }
 
 /// A probe of a free ephemeral port can connect to itself; that does not count.
-fn listening(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-        .is_ok_and(|s| s.local_addr().ok() != Some(addr))
-}
-
 #[test]
 fn http_api_end_to_end() {
     let node = Node::start("http-e2e");

@@ -79,19 +79,8 @@ impl Server {
             .spawn()
             .expect("start tern serve");
         let mut server = Server { child, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
         let addr = SocketAddr::from(([127, 0, 0, 1], smpp_port));
-        while !listening(addr) {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("tern serve exited with {status}:\n{}", server.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tern serve did not listen in time:\n{}",
-                server.log_text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_listening(addr, "tern serve", &mut server.child, &server.log);
         server
     }
 
@@ -108,29 +97,6 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Whether something listens at `addr`. A probe of a free port in the
-/// ephemeral range can connect to itself (TCP simultaneous open); that does
-/// not count.
-fn listening(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-        .is_ok_and(|s| s.local_addr().ok() != Some(addr))
-}
-
-/// Waits until nothing accepts at `addr`. A SIGKILLed glommio process is
-/// reaped before the kernel has torn down its io_uring, and the listening
-/// socket the ring still references accepts (then resets) connections for a
-/// moment; a restart that probes the port then would find the dead socket.
-fn wait_closed(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while listening(addr) {
-        assert!(
-            Instant::now() < deadline,
-            "{addr} still accepts after the kill"
-        );
-        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -421,7 +387,7 @@ fn sigkill_mid_load_loses_no_acknowledged_message() {
         thread::sleep(Duration::from_millis(50));
     }
     server.kill();
-    wait_closed(SocketAddr::from(([127, 0, 0, 1], setup.smpp_port)));
+    common::wait_closed(SocketAddr::from(([127, 0, 0, 1], setup.smpp_port)));
     let load_out = load.wait_with_output().expect("load client ends");
     assert!(
         load_out.status.success(),

@@ -10,7 +10,7 @@
 //! the traffic; weights share it; an ended validity expires a message; and
 //! messages accepted before a SIGKILL are submitted after the restart.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -22,20 +22,6 @@ use common::free_port;
 use serde_json::Value;
 
 const TERN: &str = env!("CARGO_BIN_EXE_tern");
-
-fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child, log: Option<&Path>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(addr).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            let text = log
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default();
-            panic!("{what} exited with {status}:\n{text}");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A `tern sim` on a given port; its report is read when stopped.
 struct Sim {
@@ -58,7 +44,7 @@ impl Sim {
             .stderr(std::fs::File::create(&log).expect("sim log"))
             .spawn()
             .expect("start tern sim");
-        wait_listening(addr, "tern sim", &mut child, None);
+        common::wait_listening(addr, "tern sim", &mut child, &log);
         Sim { child, report, log }
     }
 
@@ -148,7 +134,7 @@ impl Serve {
             .spawn()
             .expect("start tern serve");
         let smpp = SocketAddr::from(([127, 0, 0, 1], smpp_port));
-        wait_listening(smpp, "tern serve", &mut child, Some(&log));
+        common::wait_listening(smpp, "tern serve", &mut child, &log);
         Serve { child, smpp, log }
     }
 

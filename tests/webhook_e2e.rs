@@ -11,7 +11,7 @@
 //! receipt exactly three times, with growing gaps, and then no more.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -154,21 +154,8 @@ impl Server {
             smpp_port,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
         let addr = SocketAddr::from(([127, 0, 0, 1], smpp_port));
-        while !TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            .is_ok_and(|s| s.local_addr().ok() != Some(addr))
-        {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("tern serve exited with {status}:\n{}", server.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tern serve did not listen in time:\n{}",
-                server.log_text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_listening(addr, "tern serve", &mut server.child, &server.log);
         server
     }
 

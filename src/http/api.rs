@@ -805,7 +805,8 @@ async fn propose(
             });
         }
     }
-    let request_hash = request_hash(body);
+    // Only a keyed request is ever compared with another one.
+    let request_hash = idempotency_key.as_ref().map_or(0, |_| request_hash(body));
     let command = Command::AcceptBatch(AcceptBatch {
         account: account.name.clone(),
         idempotency_key: idempotency_key.clone(),

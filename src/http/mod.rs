@@ -249,7 +249,23 @@ async fn serve_connection(
     let service_context = Rc::clone(&context);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let context = Rc::clone(&service_context);
-        async move { Ok::<_, std::convert::Infallible>(route(context, request, face).await) }
+        async move {
+            // A handler may refuse a request (401, 413, 405 ...) without
+            // reading its body; hyper then closes the connection after the
+            // answer. Saying so in the answer keeps a keep-alive client from
+            // sending its next request into a connection that is going away.
+            let has_body = !hyper::body::Body::is_end_stream(request.body());
+            let mut response = route(context, request, face).await;
+            if has_body
+                && (response.status().is_client_error() || response.status().is_server_error())
+            {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -2,9 +2,11 @@
 //! (`valid_until`, `scheduled_at`) and writing what lookups answer.
 //!
 //! Owns: the conversion between `YYYY-MM-DDTHH:MM:SS[.fff…](Z|±HH:MM)` and
-//! Unix milliseconds, with civil-date arithmetic (proleptic Gregorian).
-//! Must not touch: clocks (callers pass times), SMPP time fields (see
-//! `smpp::time`).
+//! Unix milliseconds. The calendar arithmetic (proleptic Gregorian) is
+//! `smpp::time`'s, shared with SMPP times and receipt dates. Must not touch:
+//! clocks (callers pass times), SMPP time fields.
+
+use crate::smpp::time::{civil_from_days, days_from_civil, days_in_month};
 
 /// Unix milliseconds of an RFC 3339 date-time; `None` if malformed or
 /// before 1970.
@@ -29,7 +31,10 @@ pub fn parse_ms(text: &str) -> Option<u64> {
     {
         return None;
     }
-    let (year, month, day) = (number(0, 4)?, number(5, 2)?, number(8, 2)?);
+    let year = number(0, 4)?;
+    let (month, day) = (number(5, 2)?, number(8, 2)?);
+    // Two digits each: both fit a u8, and the range checks follow.
+    let (month, day) = (u8::try_from(month).ok()?, u8::try_from(day).ok()?);
     let (hour, minute, second) = (number(11, 2)?, number(14, 2)?, number(17, 2)?);
     if !(1..=12).contains(&month)
         || day < 1
@@ -97,49 +102,6 @@ pub fn format_ms(unix_ms: u64) -> String {
         (of_day / 60) % 60,
         of_day % 60
     )
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The civil date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -18,3 +18,49 @@ pub fn temp_dir(name: &str) -> tempfile::TempDir {
         .tempdir()
         .expect("create a scratch directory")
 }
+
+/// Whether something accepts connections at `addr`. A probe of a free port
+/// in the ephemeral range can connect to itself; that is no server.
+pub fn accepts(addr: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+        .is_ok_and(|s| s.local_addr().ok() != Some(addr))
+}
+
+/// Waits (60 s at most) until `child` accepts at `addr`; panics with its log
+/// if it exits first or never listens.
+pub fn wait_listening(
+    addr: std::net::SocketAddr,
+    what: &str,
+    child: &mut std::process::Child,
+    log: &std::path::Path,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !accepts(addr) {
+        let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status}:\n{}", log_text());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on {addr} in time:\n{}",
+            log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits until nothing accepts at `addr` any more. A SIGKILLed glommio
+/// process is reaped before the kernel has torn down its io_uring, and the
+/// listening socket the ring still references keeps accepting (then
+/// resetting) connections for a moment; a restart on the same port must not
+/// start while it does, or the first client lands in the dead socket.
+pub fn wait_closed(addr: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while accepts(addr) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} still accepts after the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
