@@ -32,7 +32,7 @@ pub enum Command {
     /// Decode or encode SMPP PDUs: the first tool when troubleshooting an operator link.
     #[command(subcommand)]
     Pdu(pdu::PduCommand),
-    /// Run a node: SMPP for customers on the replicated store.
+    /// Run a node: SMPP and HTTP for customers, operator links, the replicated store.
     Serve(serve::ServeArgs),
     /// Operator SMSC simulator: answers binds and submits, sends receipts and MO, injects faults.
     Sim(sim::SimArgs),

@@ -44,8 +44,10 @@ pub fn run(args: ServeArgs) -> i32 {
         Some(path) => Config::load(path),
         None => {
             tracing::info!(
-                "no --config: running the embedded default (SMPP on 127.0.0.1:2775, \
-                 account trial/trial from loopback only, data in ./tern-data)"
+                "no --config: running the embedded default (SMPP on 127.0.0.1:2775 as \
+                 trial/trial, HTTP on 127.0.0.1:8080 with API key `trial` and admin token \
+                 `trial-admin`, loopback only, an embedded operator simulator, data in \
+                 ./tern-data)"
             );
             Config::embedded_default().resolve_embedded()
         }
