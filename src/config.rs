@@ -544,8 +544,16 @@ impl Config {
             }
             peers.push((peer.id, addr));
         }
-        if self.store.secret.is_empty() {
-            return Err(error("store.secret", "must not be empty".into()));
+        if self.store.secret.len() < crate::store::transport::MIN_SECRET_BYTES {
+            return Err(error(
+                "store.secret",
+                format!(
+                    "is {} bytes; at least {} are required (the nodes authenticate each \
+                     other with it)",
+                    self.store.secret.len(),
+                    crate::store::transport::MIN_SECRET_BYTES
+                ),
+            ));
         }
         if self.store.tick_ms == 0 {
             return Err(error("store.tick_ms", "must be at least 1".into()));
@@ -1052,6 +1060,16 @@ mod tests {
         let e =
             Config::parse("[[store.peers]]\nid = 2\naddr = \"1.2.3.4\"\n", "z.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("store.peers[0].addr"));
+    }
+
+    #[test]
+    fn short_cluster_secret_is_named_at_load() {
+        // Checked here rather than when the transport starts, where it used
+        // to surface as "store: corrupt data" after the log was opened.
+        let e = Config::parse("[store]\nsecret = \"c3secret\"\n", "s.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.secret"), "{e}");
+        assert!(e.to_string().contains("at least 16"), "{e}");
+        Config::parse("[store]\nsecret = \"sixteen-bytes-ok\"\n", "s.toml").unwrap();
     }
 
     #[test]
