@@ -155,6 +155,9 @@ pub struct StoreSection {
     pub retention_s: u64,
     /// How long each node keeps archived messages for lookups.
     pub archive_retention_days: u64,
+    /// The leader declares a voter down after this long without a word from
+    /// it; live nodes then take over its messages. 0 = never.
+    pub node_down_after_s: u64,
 }
 
 impl Default for StoreSection {
@@ -167,6 +170,7 @@ impl Default for StoreSection {
             hot_window_s: 60,
             retention_s: 3 * 24 * 3600,
             archive_retention_days: 7,
+            node_down_after_s: 10,
         }
     }
 }
@@ -557,6 +561,21 @@ impl Config {
         }
         if self.store.tick_ms == 0 {
             return Err(error("store.tick_ms", "must be at least 1".into()));
+        }
+        // Two election timeouts (10 ticks each): a leader change alone must
+        // never look like a dead node.
+        let min_down_after_ms = self.store.tick_ms.saturating_mul(20);
+        if self.store.node_down_after_s != 0
+            && self.store.node_down_after_s.saturating_mul(1000) < min_down_after_ms
+        {
+            return Err(error(
+                "store.node_down_after_s",
+                format!(
+                    "must be 0 (never) or at least {} s (two election timeouts of 10 ticks \
+                     of store.tick_ms)",
+                    min_down_after_ms.div_ceil(1000)
+                ),
+            ));
         }
         // Bounded so that the millisecond forms cannot overflow.
         const MAX_WINDOW_S: u64 = 10 * 365 * 24 * 3600;
@@ -1005,6 +1024,11 @@ mod tests {
             (
                 "[store]\narchive_retention_days = 0\n",
                 "store.archive_retention_days",
+            ),
+            // One second is less than two election timeouts of 100 ms ticks.
+            (
+                "[store]\nnode_down_after_s = 1\n",
+                "store.node_down_after_s",
             ),
         ] {
             let e = Config::parse(text, "r.toml").unwrap_err();

@@ -172,6 +172,8 @@ fn start_store(resolved: &Resolved) -> Result<Store, EngineError> {
         .chain(resolved.peers.iter().map(|(id, _)| *id))
         .collect();
     store_config.tick_interval_ms = config.store.tick_ms;
+    store_config.node_down_after_ms = (config.store.node_down_after_s != 0)
+        .then(|| config.store.node_down_after_s.saturating_mul(1000));
     store_config.retention = Some(RetentionConfig::new(
         config.store.hot_window_s,
         config.store.retention_s,
@@ -191,6 +193,8 @@ fn serve_with_store(
 ) -> Result<(), EngineError> {
     let node_id = resolved.config.node.id;
     let epoch = announce_node(handle, node_id, stop)?;
+    handle.watch_for_declared_down(epoch);
+    let fence_watch = watch_fence(handle.clone(), Arc::clone(stop));
     provision_accounts(handle, &resolved.config.accounts, stop)?;
     provision_number_ranges(handle, &resolved.config.number_ranges, stop)?;
     let settings = SessionSettings::from_config(resolved);
@@ -273,7 +277,37 @@ fn serve_with_store(
     join_all(executors);
     upstream.join();
     tracing::info!("connection cores stopped");
+    let _ = fence_watch.join();
+    if handle.declared_down() {
+        return Err(EngineError::Store(
+            "the cluster declared this node down while it was unreachable; start it again \
+             to rejoin (a service manager restarts it)"
+                .into(),
+        ));
+    }
     Ok(())
+}
+
+/// Stops the node when the cluster declared it down (see `store::liveness`):
+/// its binds and messages belong to other nodes now.
+fn watch_fence(handle: StoreHandle, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    const POLL: Duration = Duration::from_millis(100);
+    let spawned = std::thread::Builder::new()
+        .name("tern-fence".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if handle.declared_down() {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+                std::thread::sleep(POLL);
+            }
+        });
+    // A thread that cannot start leaves the node running as before, loudly.
+    spawned.unwrap_or_else(|e| {
+        tracing::error!("cannot start the declared-down watch: {e}");
+        std::thread::spawn(|| {})
+    })
 }
 
 fn join_all(executors: Vec<glommio::ExecutorJoinHandle<()>>) {

@@ -38,6 +38,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, MessageType, SnapshotMetadata};
 
 use super::command::{Accept, Account, Address, Command};
 use super::id::MessageId;
+use super::liveness::Liveness;
 use super::node::{CoreConfig, LogStart, ProposalResult, RaftCore, RetryReason};
 use super::retention::{
     start_archive, unix_now_ms, ArchiveFeed, ArchiveHandle, ArchiveLookup, ArchiveLookupError,
@@ -85,6 +86,9 @@ pub struct StoreConfig {
     /// Hot window, long retention and the node's archive (in `archive/`
     /// under `data_dir`); `None` keeps every record in the state forever.
     pub retention: Option<RetentionConfig>,
+    /// The leader declares a voter down (`NodeDown`) after hearing nothing
+    /// from it for this long; `None` never declares anyone down.
+    pub node_down_after_ms: Option<u64>,
 }
 
 impl StoreConfig {
@@ -107,6 +111,7 @@ impl StoreConfig {
             compact_min_entries: 256,
             max_batch_bytes: 64 * 1024,
             retention: None,
+            node_down_after_ms: None,
         }
     }
 }
@@ -238,6 +243,15 @@ impl SharedMetrics {
     }
 }
 
+/// Whether the cluster still counts this boot of the node as up, shared by
+/// the store thread (which sees the `NodeDown`) and the engine (which stops).
+#[derive(Default)]
+struct NodeFence {
+    /// The incarnation this boot announced with `NodeUp`; 0 = not yet.
+    announced_incarnation: AtomicU64,
+    declared_down: AtomicBool,
+}
+
 type Query = Box<dyn FnOnce(&AppState) + Send>;
 
 enum Input {
@@ -267,6 +281,7 @@ enum Input {
 pub struct StoreHandle {
     inputs: Sender<Input>,
     metrics: Arc<SharedMetrics>,
+    fence: Arc<NodeFence>,
     dispatch: EffectQueue,
     delivery: EffectQueue,
     archive: Option<ArchiveHandle>,
@@ -327,6 +342,22 @@ impl EffectSender {
 }
 
 impl StoreHandle {
+    /// From now on, a `NodeDown` for this node, or a `NodeUp` of another
+    /// incarnation, raises [`StoreHandle::declared_down`]. Called once this
+    /// boot's `NodeUp` with `incarnation` committed.
+    pub fn watch_for_declared_down(&self, incarnation: u32) {
+        debug_assert!(incarnation > 0, "incarnations start at 1");
+        self.fence
+            .announced_incarnation
+            .store(u64::from(incarnation), Ordering::Release);
+    }
+
+    /// True once the cluster declared this boot of the node down (see
+    /// `store::liveness`): the node must stop, and a restart rejoins.
+    pub fn declared_down(&self) -> bool {
+        self.fence.declared_down.load(Ordering::Acquire)
+    }
+
     /// Queues a proposal without blocking; `Busy` when the queue is full.
     pub fn try_propose(&self, command: Vec<u8>) -> Result<PendingReply, ProposeError> {
         let (reply, rx) = flume::bounded(1);
@@ -551,6 +582,8 @@ impl Store {
         let (inputs, input_rx) = crossbeam_channel::bounded(config.input_queue_capacity.max(1));
         let metrics = Arc::new(SharedMetrics::default());
         let thread_metrics = Arc::clone(&metrics);
+        let fence = Arc::new(NodeFence::default());
+        let thread_fence = Arc::clone(&fence);
         let (dispatch_tx, dispatch) = EffectSender::queue(EFFECT_QUEUE_CAPACITY);
         let (delivery_tx, delivery) = EffectSender::queue(EFFECT_QUEUE_CAPACITY);
         let effects = (dispatch_tx, delivery_tx);
@@ -574,6 +607,7 @@ impl Store {
                     config,
                     input_rx,
                     thread_metrics,
+                    thread_fence,
                     effects,
                     (archive_feed, stats_archive),
                 );
@@ -599,6 +633,7 @@ impl Store {
                 handle: StoreHandle {
                     inputs,
                     metrics,
+                    fence,
                     dispatch,
                     delivery,
                     archive,
@@ -681,6 +716,9 @@ struct Driver {
     next_tick: Instant,
     stopping: bool,
     retention: Option<Retention>,
+    /// The leader's failure detector; `None` when nodes are never declared down.
+    liveness: Option<Liveness>,
+    fence: Arc<NodeFence>,
 }
 
 /// The store thread's side of retention: the leader's proposals and the
@@ -718,6 +756,7 @@ impl Driver {
         config: StoreConfig,
         inputs: Receiver<Input>,
         metrics: Arc<SharedMetrics>,
+        fence: Arc<NodeFence>,
         effects: (EffectSender, EffectSender),
         archive: (Option<ArchiveFeed>, Option<ArchiveHandle>),
     ) -> Result<Driver, StoreError> {
@@ -824,6 +863,10 @@ impl Driver {
                 next_stats_at: Instant::now(),
                 last_stats: None,
             }),
+            liveness: config
+                .node_down_after_ms
+                .map(|ms| Liveness::new(config.node_id, Duration::from_millis(ms.max(1)))),
+            fence,
         })
     }
 
@@ -850,6 +893,8 @@ impl Driver {
             }
             self.maybe_snapshot();
             self.maybe_propose_retention();
+            self.maybe_declare_down();
+            self.check_fence();
             self.publish_metrics();
         }
         for (_, reply) in self.waiting.drain() {
@@ -890,7 +935,7 @@ impl Driver {
             },
             recv(self.peer_rx) -> message => {
                 if let Ok(message) = message {
-                    self.core.step(message);
+                    self.step_peer(message);
                 }
             },
             recv(self.log.done) -> completed => {
@@ -922,7 +967,7 @@ impl Driver {
     fn drain_inputs(&mut self) {
         for _ in 0..MAX_PEER_MESSAGES_PER_ROUND {
             match self.peer_rx.try_recv() {
-                Ok(message) => self.core.step(message),
+                Ok(message) => self.step_peer(message),
                 Err(_) => break,
             }
         }
@@ -935,6 +980,66 @@ impl Driver {
                     break;
                 }
             }
+        }
+    }
+
+    fn step_peer(&mut self, message: raft::eraftpb::Message) {
+        if let Some(liveness) = &mut self.liveness {
+            liveness.heard(message.from, Instant::now());
+        }
+        self.core.step(message);
+    }
+
+    /// On the leader: proposes `NodeDown` for a voter silent too long.
+    fn maybe_declare_down(&mut self) {
+        let Some(liveness) = &mut self.liveness else {
+            return;
+        };
+        let now = Instant::now();
+        let is_leader = self.core.leader_id() == self.node_id;
+        let voters = &self.core.conf_state().voters;
+        let state = &self.core.state_machine().state;
+        let Some(node) = liveness.due(now, is_leader, voters, |n| {
+            state.node(n).is_some_and(|record| record.up)
+        }) else {
+            return;
+        };
+        tracing::warn!(
+            node = self.node_id,
+            down = node,
+            silent_ms = liveness.silent_for(node, now).map_or(0, |d| d.as_millis()),
+            "a voter is unreachable: declaring it down, live nodes take over its messages \
+             and the deliveries aimed at its binds"
+        );
+        // Nobody waits for the answer: a lost proposal is proposed again
+        // once the detector's window has passed and the node is still up.
+        let (reply, _) = flume::bounded(1);
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.waiting.insert(request_id, reply);
+        self.core
+            .propose(request_id, &Command::NodeDown { node }.encode());
+    }
+
+    /// Raises `declared_down` once the applied state no longer counts this
+    /// boot as up (see `store::liveness` for why the node then stops).
+    fn check_fence(&mut self) {
+        let announced = self.fence.announced_incarnation.load(Ordering::Acquire);
+        if announced == 0 || self.fence.declared_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let record = self.core.state_machine().state.node(self.node_id);
+        let still_up = record.is_some_and(|r| r.up && u64::from(r.incarnation) == announced);
+        if !still_up {
+            tracing::error!(
+                node = self.node_id,
+                incarnation = announced,
+                ?record,
+                "the cluster declared this node down (it was unreachable): its messages and \
+                 binds were handed to other nodes; stopping so that a restart rejoins with a \
+                 new incarnation"
+            );
+            self.fence.declared_down.store(true, Ordering::Release);
         }
     }
 
@@ -1846,7 +1951,10 @@ mod tests {
         }
         drop(jobs_tx);
         answering.join().unwrap();
-        assert_eq!(lost, 0, "answers taken for a stopped store out of {REPLIES}");
+        assert_eq!(
+            lost, 0,
+            "answers taken for a stopped store out of {REPLIES}"
+        );
     }
 
     #[test]

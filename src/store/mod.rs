@@ -10,6 +10,7 @@ pub mod command;
 pub mod driver;
 pub mod id;
 pub mod kv;
+pub mod liveness;
 pub mod node;
 pub mod retention;
 pub mod sim;

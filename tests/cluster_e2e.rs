@@ -1,0 +1,357 @@
+//! Three `tern serve` processes in one raft group on 127.0.0.1, a real
+//! `tern sim` as the operator, HTTP customers: what happens when a node dies
+//! or is cut off.
+//!
+//! - A node SIGKILLed with accepted, unsubmitted messages (its operator link
+//!   was down): the leader declares it down after `node_down_after_s`, the
+//!   live nodes take its messages over and deliver them once the operator is
+//!   back; restarted, the dead node rejoins with a new incarnation and sees
+//!   the same outcome.
+//! - A node frozen (SIGSTOP) longer than `node_down_after_s`: declared down
+//!   while alive, it learns so when it thaws, stops with an error saying why
+//!   (exit status 1, for the service manager to restart it), and a restart
+//!   serves again.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, temp_dir};
+
+use serde_json::{json, Value};
+
+const TERN: &str = env!("CARGO_BIN_EXE_tern");
+const API_KEY: &str = "cluster-key";
+/// Small, so the tests wait seconds; at least two election timeouts, and
+/// wide enough that a loaded test machine does not look like a dead node.
+const NODE_DOWN_AFTER_S: u64 = 5;
+/// One cluster at a time: six nodes on two cores would starve heartbeats.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Ports {
+    smpp: u16,
+    http: u16,
+    store: u16,
+}
+
+/// One node's configuration and, while it runs, its process.
+struct Node {
+    id: u64,
+    config: PathBuf,
+    log: PathBuf,
+    http: u16,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Node {
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already runs", self.id);
+        self.runs += 1;
+        self.log = self
+            .config
+            .with_file_name(format!("serve-{}-{}.log", self.id, self.runs));
+        let child = Command::new(TERN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).expect("serve log"))
+            .spawn()
+            .expect("start tern serve");
+        self.child = Some(child);
+    }
+
+    fn wait_listening(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.http));
+        let child = self.child.as_mut().expect("a running node");
+        common::wait_listening(addr, &format!("node {}", self.id), child, &self.log);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        common::wait_closed(SocketAddr::from(([127, 0, 0, 1], self.http)));
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("a running node");
+        // SAFETY: kill(2) on the pid of a child we started and still own.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn write_configs(dir: &Path, sim_port: u16) -> Vec<Node> {
+    let ports: Vec<Ports> = (0..3)
+        .map(|_| Ports {
+            smpp: free_port(),
+            http: free_port(),
+            store: free_port(),
+        })
+        .collect();
+    (1..=3u64)
+        .map(|id| {
+            let own = &ports[id as usize - 1];
+            let mut peers = String::new();
+            for (index, other) in ports.iter().enumerate() {
+                let peer_id = index as u64 + 1;
+                if peer_id != id {
+                    peers.push_str(&format!(
+                        "[[store.peers]]\nid = {peer_id}\naddr = \"127.0.0.1:{}\"\n",
+                        other.store
+                    ));
+                }
+            }
+            let text = format!(
+                "[node]\nid = {id}\ndata_dir = \"{data}\"\n\
+                 [smpp]\nlisten = \"127.0.0.1:{smpp}\"\n\
+                 [store]\nlisten = \"127.0.0.1:{store}\"\nsecret = \"cluster-e2e-secret\"\n\
+                 node_down_after_s = {NODE_DOWN_AFTER_S}\n{peers}\
+                 [http]\nlisten = \"127.0.0.1:{http}\"\n\
+                 [[account]]\nsystem_id = \"acme\"\npassword = \"acme\"\napi_key = \"{API_KEY}\"\n\
+                 [[connector]]\nname = \"op1\"\nhosts = [\"127.0.0.1:{sim_port}\"]\n\
+                 system_id = \"tern\"\npassword = \"tern\"\n\
+                 reconnect_min_ms = 50\nreconnect_max_ms = 300\n\
+                 [[route]]\nname = \"all\"\nconnectors = [\"op1\"]\n",
+                data = dir.join(format!("data-{id}")).display(),
+                smpp = own.smpp,
+                store = own.store,
+                http = own.http,
+            );
+            let config = dir.join(format!("node-{id}.toml"));
+            std::fs::write(&config, text).expect("write config");
+            Node {
+                id,
+                config,
+                log: PathBuf::new(),
+                http: own.http,
+                child: None,
+                runs: 0,
+            }
+        })
+        .collect()
+}
+
+/// Starts all three (each waits for a quorum before it listens).
+fn start_cluster(nodes: &mut [Node]) {
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    for node in nodes.iter_mut() {
+        node.wait_listening();
+    }
+}
+
+/// The operator simulator, killed when dropped.
+struct Sim(Child);
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_sim(dir: &Path, port: u16) -> Sim {
+    let log = dir.join("sim.log");
+    let mut child = Command::new(TERN)
+        .args([
+            "sim",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cores",
+            "0",
+        ])
+        .args(["--receipt-delay-ms", "50"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("sim log"))
+        .spawn()
+        .expect("start tern sim");
+    common::wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "tern sim",
+        &mut child,
+        &log,
+    );
+    Sim(child)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build()
+}
+
+/// POSTs one message to `node`; its id.
+fn submit(node: &Node, to: &str) -> String {
+    let body = json!({"from": "ACME", "to": to, "text": "cluster test"});
+    let response = agent()
+        .post(&format!("{}/v1/messages", node.base()))
+        .set("Authorization", &format!("Bearer {API_KEY}"))
+        .send_json(body)
+        .unwrap_or_else(|e| panic!("submit to node {}: {e}\n{}", node.id, node.log_text()));
+    assert_eq!(response.status(), 201);
+    let value: Value = response.into_json().expect("JSON answer");
+    value["messages"][0]["id"]
+        .as_str()
+        .expect("a message id")
+        .to_string()
+}
+
+/// The message's state as `node` reports it (None: not readable now).
+fn state_of(node: &Node, id: &str) -> Option<String> {
+    let response = agent()
+        .get(&format!("{}/v1/messages/{id}", node.base()))
+        .set("Authorization", &format!("Bearer {API_KEY}"))
+        .call()
+        .ok()?;
+    let value: Value = response.into_json().ok()?;
+    value["state"].as_str().map(str::to_string)
+}
+
+fn wait_all_delivered(node: &Node, ids: &[String], within: Duration, others: &[&Node]) {
+    let deadline = Instant::now() + within;
+    loop {
+        let pending: Vec<&String> = ids
+            .iter()
+            .filter(|id| state_of(node, id).as_deref() != Some("delivered"))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = std::iter::once(node)
+                .chain(others.iter().copied())
+                .map(|n| format!("--- node {} ---\n{}", n.id, n.log_text()))
+                .collect();
+            panic!(
+                "{} of {} messages not delivered according to node {}, e.g. {}: {:?}\n{}",
+                pending.len(),
+                ids.len(),
+                node.id,
+                pending[0],
+                state_of(node, pending[0]),
+                logs.join("\n")
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_dead_node_s_unsubmitted_messages_are_taken_over_and_delivered() {
+    let _serial = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("cluster-handover");
+    let sim_port = free_port();
+    let mut nodes = write_configs(dir.path(), sim_port);
+    start_cluster(&mut nodes);
+
+    // The operator is down: every message stays accepted, owned by node 1.
+    let ids: Vec<String> = (0..20)
+        .map(|i| submit(&nodes[0], &format!("4479{i:08}")))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    for id in &ids {
+        assert_eq!(state_of(&nodes[1], id).as_deref(), Some("accepted"), "{id}");
+    }
+
+    nodes[0].kill();
+    let _sim = start_sim(dir.path(), sim_port);
+    // Declared down after NODE_DOWN_AFTER_S (plus an election if node 1
+    // led), then nodes 2 and 3 submit its messages.
+    let (survivor, rest) = nodes.split_at(2);
+    wait_all_delivered(
+        &survivor[1],
+        &ids,
+        Duration::from_secs(60),
+        &[&survivor[0], &rest[0]],
+    );
+    let declared = nodes[1..]
+        .iter()
+        .any(|n| n.log_text().contains("declaring it down"));
+    assert!(declared, "no survivor logged the decision");
+
+    // Node 1 comes back with a new incarnation and agrees.
+    nodes[0].start();
+    nodes[0].wait_listening();
+    wait_all_delivered(&nodes[0], &ids, Duration::from_secs(30), &[]);
+    let new_id = submit(&nodes[0], "447900000999");
+    wait_all_delivered(&nodes[2], &[new_id], Duration::from_secs(30), &[&nodes[0]]);
+}
+
+#[test]
+fn a_node_declared_down_while_frozen_stops_and_a_restart_rejoins() {
+    let _serial = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("cluster-fence");
+    let sim_port = free_port();
+    let _sim = start_sim(dir.path(), sim_port);
+    let mut nodes = write_configs(dir.path(), sim_port);
+    start_cluster(&mut nodes);
+    let before = submit(&nodes[2], "447900000001");
+
+    // Frozen for twice the detector's window: the others declare it down.
+    nodes[2].signal(libc::SIGSTOP);
+    thread::sleep(Duration::from_secs(NODE_DOWN_AFTER_S * 2 + 2));
+    let during = submit(&nodes[0], "447900000002");
+    nodes[2].signal(libc::SIGCONT);
+
+    // Thawed, it applies the decision and stops with status 1.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let child = nodes[2].child.as_mut().expect("node 3 runs");
+        if let Some(status) = child.try_wait().expect("wait for node 3") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 kept running after it was declared down:\n{}",
+            nodes[2].log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    nodes[2].child = None;
+    assert_eq!(status.code(), Some(1), "{}", nodes[2].log_text());
+    assert!(
+        nodes[2].log_text().contains("declared this node down"),
+        "{}",
+        nodes[2].log_text()
+    );
+
+    // A restart (what the service manager does) rejoins and serves.
+    nodes[2].start();
+    nodes[2].wait_listening();
+    let after = submit(&nodes[2], "447900000003");
+    wait_all_delivered(
+        &nodes[2],
+        &[before, during, after],
+        Duration::from_secs(30),
+        &[&nodes[0], &nodes[1]],
+    );
+}
