@@ -7,14 +7,21 @@
 //!   live nodes take its messages over and deliver them once the operator is
 //!   back; restarted, the dead node rejoins with a new incarnation and sees
 //!   the same outcome.
+//! - DLRs follow the customer's receiver bind from node to node: submitted
+//!   on node 1, receipted by the operator through whichever node dispatched
+//!   them, delivered on node 3's receiver; with node 3 killed, the receiver
+//!   rebinds on node 2 and gets the rest.
 //! - A node frozen (SIGSTOP) longer than `node_down_after_s`: declared down
 //!   while alive, it learns so when it thaws, stops with an error saying why
 //!   (exit status 1, for the service manager to restart it), and a restart
 //!   serves again.
 
-use std::net::SocketAddr;
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,6 +29,7 @@ mod common;
 use common::{free_port, temp_dir};
 
 use serde_json::{json, Value};
+use tern::smpp::pdu::{Bind, Body, DeliverSmResp, Password, Pdu, SystemId};
 
 const TERN: &str = env!("CARGO_BIN_EXE_tern");
 const API_KEY: &str = "cluster-key";
@@ -43,6 +51,7 @@ struct Node {
     config: PathBuf,
     log: PathBuf,
     http: u16,
+    smpp: u16,
     child: Option<Child>,
     runs: u32,
 }
@@ -148,6 +157,7 @@ fn write_configs(dir: &Path, sim_port: u16) -> Vec<Node> {
                 config,
                 log: PathBuf::new(),
                 http: own.http,
+                smpp: own.smpp,
                 child: None,
                 runs: 0,
             }
@@ -207,7 +217,11 @@ fn agent() -> ureq::Agent {
 
 /// POSTs one message to `node`; its id.
 fn submit(node: &Node, to: &str) -> String {
-    let body = json!({"from": "ACME", "to": to, "text": "cluster test"});
+    submit_with(node, to, false)
+}
+
+fn submit_with(node: &Node, to: &str, dlr: bool) -> String {
+    let body = json!({"from": "ACME", "to": to, "text": "cluster test", "dlr": dlr});
     let response = agent()
         .post(&format!("{}/v1/messages", node.base()))
         .set("Authorization", &format!("Bearer {API_KEY}"))
@@ -354,4 +368,156 @@ fn a_node_declared_down_while_frozen_stops_and_a_restart_rejoins() {
         Duration::from_secs(30),
         &[&nodes[0], &nodes[1]],
     );
+}
+
+/// Reads one whole PDU; an error on EOF, a reset or a frame we cannot use.
+fn read_pdu(stream: &mut TcpStream) -> Result<Pdu, String> {
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).map_err(|e| e.to_string())?;
+    let command_length = u32::from_be_bytes(length) as usize;
+    if !(16..=64 * 1024).contains(&command_length) {
+        return Err(format!("command_length {command_length}"));
+    }
+    let mut frame = vec![0u8; command_length];
+    frame[..4].copy_from_slice(&length);
+    stream
+        .read_exact(&mut frame[4..])
+        .map_err(|e| e.to_string())?;
+    Pdu::decode_slice(&frame).map_err(|e| format!("{e:?}"))
+}
+
+/// A customer's receiver bind on one node, answering every deliver_sm and
+/// recording the receipted message ids.
+struct Receiver {
+    stream: TcpStream,
+    dlrs: Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn bind(node: &Node, dlrs: &Arc<Mutex<Vec<String>>>) -> Receiver {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", node.smpp)).expect("connect the receiver");
+        let bind = Bind {
+            system_id: SystemId::from_text("acme").expect("system_id"),
+            password: Password::from_text("acme").expect("password"),
+            interface_version: 0x34,
+            ..Bind::default()
+        };
+        let bytes = Pdu::new(1, Body::BindReceiver(bind))
+            .to_bytes()
+            .expect("encode bind");
+        stream.write_all(&bytes).expect("send bind");
+        match read_pdu(&mut stream) {
+            Ok(resp) if resp.command_status.is_ok() => {}
+            other => panic!(
+                "receiver bind on node {}: {other:?}\n{}",
+                node.id,
+                node.log_text()
+            ),
+        }
+        let mut reader = stream.try_clone().expect("clone the socket");
+        let mut writer = stream.try_clone().expect("clone the socket");
+        let seen = Arc::clone(dlrs);
+        let reader = thread::spawn(move || {
+            while let Ok(pdu) = read_pdu(&mut reader) {
+                let reply = match pdu.body {
+                    Body::DeliverSm(sm) => {
+                        if let Some(id) = sm.tlvs.receipted_message_id() {
+                            let id = id.as_str().unwrap_or_default().to_string();
+                            seen.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                        }
+                        Body::DeliverSmResp(DeliverSmResp::default())
+                    }
+                    Body::EnquireLink => Body::EnquireLinkResp,
+                    _ => continue,
+                };
+                let bytes = Pdu::new(pdu.sequence_number, reply)
+                    .to_bytes()
+                    .expect("encode a response");
+                if writer.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+        });
+        Receiver {
+            stream,
+            dlrs: Arc::clone(dlrs),
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits until every id in `wanted` has had a DLR (on any receiver that
+    /// shares this one's record).
+    fn wait_for(&self, wanted: &[String], within: Duration, nodes: &[&Node]) {
+        let deadline = Instant::now() + within;
+        loop {
+            let missing: Vec<String> = {
+                let seen = self.dlrs.lock().unwrap_or_else(|e| e.into_inner());
+                let got: HashSet<&String> = seen.iter().collect();
+                wanted
+                    .iter()
+                    .filter(|id| !got.contains(id))
+                    .cloned()
+                    .collect()
+            };
+            if missing.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = nodes
+                    .iter()
+                    .map(|n| format!("--- node {} ---\n{}", n.id, n.log_text()))
+                    .collect();
+                panic!(
+                    "{} of {} DLRs missing, e.g. {}\n{}",
+                    missing.len(),
+                    wanted.len(),
+                    missing[0],
+                    logs.join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+#[test]
+fn dlrs_follow_the_receiver_bind_from_node_to_node() {
+    let _serial = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("cluster-dlr");
+    let sim_port = free_port();
+    let _sim = start_sim(dir.path(), sim_port);
+    let mut nodes = write_configs(dir.path(), sim_port);
+    start_cluster(&mut nodes);
+    let dlrs: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    // Submitted on node 1, delivered on node 3's receiver.
+    let on_node_3 = Receiver::bind(&nodes[2], &dlrs);
+    let first: Vec<String> = (0..10)
+        .map(|i| submit_with(&nodes[0], &format!("4478{i:08}"), true))
+        .collect();
+    on_node_3.wait_for(&first, Duration::from_secs(30), &[&nodes[0], &nodes[2]]);
+
+    // Node 3 dies with the receiver while more DLRs come due, some aimed
+    // at the dead bind (still registered until node 3 is declared down).
+    // The receiver binds again on node 2 and gets them all.
+    nodes[2].kill();
+    drop(on_node_3);
+    let second: Vec<String> = (10..30)
+        .map(|i| submit_with(&nodes[0], &format!("4478{i:08}"), true))
+        .collect();
+    let on_node_2 = Receiver::bind(&nodes[1], &dlrs);
+    on_node_2.wait_for(&second, Duration::from_secs(60), &[&nodes[0], &nodes[1]]);
 }
