@@ -11,6 +11,8 @@
 //!   on node 1, receipted by the operator through whichever node dispatched
 //!   them, delivered on node 3's receiver; with node 3 killed, the receiver
 //!   rebinds on node 2 and gets the rest.
+//! - The leader SIGKILLed under HTTP load on all three nodes: every message
+//!   a node answered 201 for is delivered, as the survivors report it.
 //! - A node frozen (SIGSTOP) longer than `node_down_after_s`: declared down
 //!   while alive, it learns so when it thaws, stops with an error saying why
 //!   (exit status 1, for the service manager to restart it), and a restart
@@ -33,6 +35,7 @@ use tern::smpp::pdu::{Bind, Body, DeliverSmResp, Password, Pdu, SystemId};
 
 const TERN: &str = env!("CARGO_BIN_EXE_tern");
 const API_KEY: &str = "cluster-key";
+const ADMIN_TOKEN: &str = "cluster-admin";
 /// Small, so the tests wait seconds; at least two election timeouts, and
 /// wide enough that a loaded test machine does not look like a dead node.
 const NODE_DOWN_AFTER_S: u64 = 5;
@@ -139,7 +142,7 @@ fn write_configs(dir: &Path, sim_port: u16) -> Vec<Node> {
                  [smpp]\nlisten = \"127.0.0.1:{smpp}\"\n\
                  [store]\nlisten = \"127.0.0.1:{store}\"\nsecret = \"cluster-e2e-secret\"\n\
                  node_down_after_s = {NODE_DOWN_AFTER_S}\n{peers}\
-                 [http]\nlisten = \"127.0.0.1:{http}\"\n\
+                 [http]\nlisten = \"127.0.0.1:{http}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
                  [[account]]\nsystem_id = \"acme\"\npassword = \"acme\"\napi_key = \"{API_KEY}\"\n\
                  [[connector]]\nname = \"op1\"\nhosts = [\"127.0.0.1:{sim_port}\"]\n\
                  system_id = \"tern\"\npassword = \"tern\"\n\
@@ -520,4 +523,97 @@ fn dlrs_follow_the_receiver_bind_from_node_to_node() {
         .collect();
     let on_node_2 = Receiver::bind(&nodes[1], &dlrs);
     on_node_2.wait_for(&second, Duration::from_secs(60), &[&nodes[0], &nodes[1]]);
+}
+
+/// The leader's id as `node` sees it (0: none known or no answer).
+fn leader_seen_by(node: &Node) -> u64 {
+    let Ok(response) = agent()
+        .get(&format!("{}/admin/v1/status", node.base()))
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call()
+    else {
+        return 0;
+    };
+    let value: Value = response.into_json().unwrap_or_default();
+    value["leader_id"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn the_leader_killed_under_load_loses_no_acknowledged_message() {
+    const CLIENTS: usize = 6;
+    let _serial = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("cluster-load");
+    let sim_port = free_port();
+    let _sim = start_sim(dir.path(), sim_port);
+    let mut nodes = write_configs(dir.path(), sim_port);
+    start_cluster(&mut nodes);
+
+    // Clients, two per node, submit until told to stop; a request that
+    // fails (its node died, or no leader for a moment) is simply not acked.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let base = nodes[client % 3].base();
+            let (stop, acked, refused) =
+                (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&refused));
+            thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(5))
+                    .build();
+                let mut sequence = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    sequence += 1;
+                    let to = format!("4477{client:02}{sequence:06}");
+                    let body = json!({"from": "ACME", "to": to, "text": "load"});
+                    let answer = agent
+                        .post(&format!("{base}/v1/messages"))
+                        .set("Authorization", &format!("Bearer {API_KEY}"))
+                        .send_json(body);
+                    let id = answer.ok().and_then(|r| {
+                        let value: Value = r.into_json().ok()?;
+                        value["messages"][0]["id"].as_str().map(str::to_string)
+                    });
+                    match id {
+                        Some(id) => acked.lock().unwrap_or_else(|e| e.into_inner()).push(id),
+                        None => {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    thread::sleep(Duration::from_secs(2));
+    let leader = leader_seen_by(&nodes[0]);
+    assert!((1..=3).contains(&leader), "no leader known to node 1");
+    let acked_before_kill = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
+    nodes[leader as usize - 1].kill();
+    thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    eprintln!(
+        "killed node {leader}: acked {} ({acked_before_kill} before the kill), refused {}",
+        acked.len(),
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        acked.len() > acked_before_kill,
+        "nothing was acknowledged after the leader died"
+    );
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.child.is_some()).collect();
+    wait_all_delivered(
+        survivors[0],
+        &acked,
+        Duration::from_secs(90),
+        &survivors[1..],
+    );
 }
