@@ -312,11 +312,21 @@ fn a_dead_node_s_unsubmitted_messages_are_taken_over_and_delivered() {
         .iter()
         .any(|n| n.log_text().contains("declaring it down"));
     assert!(declared, "no survivor logged the decision");
+    assert_eq!(
+        node_up_seen_by(&nodes[1], 1),
+        Some(false),
+        "node 1 is down in the status"
+    );
 
     // Node 1 comes back with a new incarnation and agrees.
     nodes[0].start();
     nodes[0].wait_listening();
     wait_all_delivered(&nodes[0], &ids, Duration::from_secs(30), &[]);
+    assert_eq!(
+        node_up_seen_by(&nodes[2], 1),
+        Some(true),
+        "node 1 is up again in the status"
+    );
     let new_id = submit(&nodes[0], "447900000999");
     wait_all_delivered(&nodes[2], &[new_id], Duration::from_secs(30), &[&nodes[0]]);
 }
@@ -523,6 +533,21 @@ fn dlrs_follow_the_receiver_bind_from_node_to_node() {
         .collect();
     let on_node_2 = Receiver::bind(&nodes[1], &dlrs);
     on_node_2.wait_for(&second, Duration::from_secs(60), &[&nodes[0], &nodes[1]]);
+}
+
+/// Whether `node`'s admin status counts node `id` as up.
+fn node_up_seen_by(node: &Node, id: u64) -> Option<bool> {
+    let response = agent()
+        .get(&format!("{}/admin/v1/status", node.base()))
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call()
+        .ok()?;
+    let value: Value = response.into_json().ok()?;
+    value["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(id))?["up"]
+        .as_bool()
 }
 
 /// The leader's id as `node` sees it (0: none known or no answer).
