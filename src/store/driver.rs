@@ -250,6 +250,9 @@ struct NodeFence {
     /// The incarnation this boot announced with `NodeUp`; 0 = not yet.
     announced_incarnation: AtomicU64,
     declared_down: AtomicBool,
+    /// Not heard from the leader (or, leading, from a quorum) lately: the
+    /// others may be about to take this node's messages over.
+    cut_off: AtomicBool,
 }
 
 type Query = Box<dyn FnOnce(&AppState) + Send>;
@@ -356,6 +359,13 @@ impl StoreHandle {
     /// `store::liveness`): the node must stop, and a restart rejoins.
     pub fn declared_down(&self) -> bool {
         self.fence.declared_down.load(Ordering::Acquire)
+    }
+
+    /// Whether this node may hand its messages to operators now: false while
+    /// it is cut off from the cluster or once it was declared down (see
+    /// `store::liveness`). Always true for a lone voter.
+    pub fn may_dispatch(&self) -> bool {
+        !self.fence.cut_off.load(Ordering::Acquire) && !self.declared_down()
     }
 
     /// Queues a proposal without blocking; `Busy` when the queue is full.
@@ -894,6 +904,7 @@ impl Driver {
             self.maybe_snapshot();
             self.maybe_propose_retention();
             self.maybe_declare_down();
+            self.update_contact();
             self.check_fence();
             self.publish_metrics();
         }
@@ -1019,6 +1030,34 @@ impl Driver {
         self.waiting.insert(request_id, reply);
         self.core
             .propose(request_id, &Command::NodeDown { node }.encode());
+    }
+
+    /// Keeps `cut_off` current, logging each change.
+    fn update_contact(&mut self) {
+        let Some(liveness) = &self.liveness else {
+            return;
+        };
+        let in_contact = liveness.in_contact(
+            Instant::now(),
+            self.core.leader_id(),
+            &self.core.conf_state().voters,
+        );
+        let was_cut_off = self.fence.cut_off.swap(!in_contact, Ordering::AcqRel);
+        if was_cut_off == in_contact {
+            if in_contact {
+                tracing::info!(
+                    node = self.node_id,
+                    "in contact with the cluster again: dispatching"
+                );
+            } else {
+                tracing::warn!(
+                    node = self.node_id,
+                    leader = self.core.leader_id(),
+                    "cut off from the cluster: holding this node's messages back from operators \
+                     until it hears the cluster again"
+                );
+            }
+        }
     }
 
     /// Raises `declared_down` once the applied state no longer counts this

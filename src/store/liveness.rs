@@ -21,8 +21,13 @@
 //! closed. Its store raises `declared_down`, the engine shuts the node down,
 //! and the service manager's restart brings it back with a new incarnation
 //! (`NodeUp`), which is the one way in. Until it learns of the decision (it
-//! applies the log once the partition heals) it may still submit messages it
-//! held to an operator: the hand-over is at-least-once, never at-most-once.
+//! applies the log once the partition heals) it holds back: a node that has
+//! not heard from the leader (a follower) or from a quorum (the leader) for
+//! half of `down_after` counts itself cut off ([`Liveness::in_contact`]) and
+//! its dispatcher hands nothing new to operators, so by the time the others
+//! take its messages over it has stopped sending them. What was already on
+//! its way to an operator may still go out twice: the hand-over is
+//! at-least-once, never at-most-once.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -108,6 +113,31 @@ impl Liveness {
         None
     }
 
+    /// Whether this node still hears the cluster: a follower its leader, a
+    /// leader a quorum of voters (itself included), each within half of
+    /// `down_after`, well before the others may declare it down. A lone voter
+    /// is always in contact.
+    pub fn in_contact(&self, now: Instant, leader_id: u64, voters: &[u64]) -> bool {
+        if voters.len() <= 1 {
+            return true;
+        }
+        let window = self.down_after / 2;
+        let heard_within = |id: u64| {
+            self.last_heard
+                .get(&id)
+                .is_some_and(|&at| now.saturating_duration_since(at) < window)
+        };
+        if leader_id == self.node_id {
+            let heard = voters
+                .iter()
+                .filter(|&&v| v != self.node_id && heard_within(v))
+                .count();
+            (heard + 1) * 2 > voters.len()
+        } else {
+            leader_id != 0 && heard_within(leader_id)
+        }
+    }
+
     /// Time since `voter` was last heard from, for logs.
     pub fn silent_for(&self, voter: u64, now: Instant) -> Option<Duration> {
         let heard = self.last_heard.get(&voter).copied();
@@ -178,6 +208,35 @@ mod tests {
             None
         );
         assert_eq!(liveness.due(secs(start, 60), true, &voters, |_| true), None);
+    }
+
+    #[test]
+    fn contact_needs_the_leader_or_a_quorum_within_half_the_window() {
+        let start = Instant::now();
+        let voters = [1, 2, 3];
+        let mut follower = Liveness::new(2, DOWN_AFTER);
+        assert!(follower.in_contact(start, 0, &[2]), "a lone voter");
+        assert!(!follower.in_contact(start, 0, &voters), "no leader known");
+        follower.heard(1, start);
+        follower.heard(3, secs(start, 4));
+        assert!(follower.in_contact(secs(start, 4), 1, &voters));
+        // Another follower's word does not count; the leader's is 5 s old.
+        assert!(!follower.in_contact(secs(start, 5), 1, &voters));
+
+        let mut leader = Liveness::new(1, DOWN_AFTER);
+        assert!(!leader.in_contact(start, 1, &voters), "heard nobody yet");
+        leader.heard(3, start);
+        assert!(
+            leader.in_contact(secs(start, 4), 1, &voters),
+            "itself and 3"
+        );
+        assert!(!leader.in_contact(secs(start, 5), 1, &voters));
+        leader.heard(2, secs(start, 5));
+        assert!(leader.in_contact(secs(start, 5), 1, &voters));
+        assert!(
+            !leader.in_contact(secs(start, 5), 1, &[1, 2, 3, 4, 5]),
+            "2 of 5"
+        );
     }
 
     #[test]

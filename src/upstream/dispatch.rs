@@ -45,6 +45,9 @@ const NO_CONNECTOR_WAIT_MAX: Duration = Duration::from_secs(3);
 /// How often a backlog waiting for queue room is looked at (binds taking
 /// work do not wake the dispatcher).
 const BACKLOG_POLL: Duration = Duration::from_millis(1);
+/// How often a message held back while this node is cut off from the
+/// cluster is looked at again.
+const CUT_OFF_WAIT: Duration = Duration::from_millis(200);
 /// Effects taken per wake-up.
 const EFFECT_BATCH: usize = 1024;
 
@@ -393,6 +396,14 @@ impl Dispatcher {
         else {
             return Handed::Other;
         };
+        if !self.start.store.may_dispatch() {
+            // Cut off from the cluster: another node may be taking this
+            // message over (store::liveness); hold it and look again.
+            let generation = flight.generation;
+            flight.state = FlightState::Waiting(accept);
+            self.schedule(id, generation, CUT_OFF_WAIT);
+            return Handed::Other;
+        }
         let now_ms = unix_now_ms();
         if let Some(wait_ms) = accept
             .scheduled_at_ms
