@@ -116,16 +116,18 @@ pub enum Counter {
     WebhookAttempts,
     WebhookSuccesses,
     WebhookFailures,
+    BindsRevoked,
 }
 
 impl Counter {
-    const ALL: [Counter; 6] = [
+    const ALL: [Counter; 7] = [
         Counter::MessagesFailed,
         Counter::MessagesExpired,
         Counter::Fsyncs,
         Counter::WebhookAttempts,
         Counter::WebhookSuccesses,
         Counter::WebhookFailures,
+        Counter::BindsRevoked,
     ];
     fn describe(self) -> (&'static str, &'static str) {
         match self {
@@ -152,6 +154,10 @@ impl Counter {
             Counter::WebhookFailures => (
                 "tern_webhook_failures_total",
                 "Webhook POSTs answered otherwise, timed out or not connected (each is retried).",
+            ),
+            Counter::BindsRevoked => (
+                "tern_binds_revoked_total",
+                "Customer binds closed because their account was removed, disabled or its password changed.",
             ),
         }
     }

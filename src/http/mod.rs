@@ -170,7 +170,13 @@ pub struct Server {
 impl Server {
     /// Starts accepting on `listeners`.
     pub fn start(shard: Rc<Shard>, settings: HttpSettings, listeners: Listeners) -> Server {
-        let context = Rc::new(HttpContext::new(shard, settings));
+        let context = Rc::new(HttpContext::new(Rc::clone(&shard), settings));
+        let weak = Rc::downgrade(&context);
+        shard.on_account_change(Box::new(move |change| {
+            if let Some(context) = weak.upgrade() {
+                context.api.forget(change);
+            }
+        }));
         let mut acceptors = vec![glommio::spawn_local(accept_loop(
             Rc::clone(&context),
             listeners.main,
