@@ -88,7 +88,6 @@ impl SessionSettings {
             .unwrap_or(self.default_window)
             .clamp(1, MAX_WINDOW)
     }
-
 }
 
 #[derive(Debug)]

@@ -173,7 +173,8 @@ impl Shard {
     /// before their request arrived is never missed.
     pub fn take_account_changes(&self) {
         if self.accounts.has_news() {
-            self.accounts.drain(|change| self.apply_account_change(&change));
+            self.accounts
+                .drain(|change| self.apply_account_change(&change));
         }
     }
 

@@ -586,7 +586,11 @@ fn http_requests_count_by_route_and_bounded_code() {
     assert_eq!(requests("submit", "401"), Some(1.0));
     assert_eq!(requests("admin", "4xx"), Some(1.0));
     assert_eq!(requests("not_found", "other"), Some(2.0));
-    assert_eq!(requests("lookup", "200"), None, "unseen codes are not shown");
+    assert_eq!(
+        requests("lookup", "200"),
+        None,
+        "unseen codes are not shown"
+    );
     let duration = |name: &str, labels: &[(&str, &str)]| value_of(&registry, name, labels);
     assert_eq!(
         duration(

@@ -647,9 +647,7 @@ impl NodeState {
     /// Runs before the replies of the batch go out, so a caller whose
     /// account change committed finds every watcher told.
     fn forward_account_changes(&mut self) {
-        let complete = self
-            .state
-            .drain_account_changes(&mut self.changed_accounts);
+        let complete = self.state.drain_account_changes(&mut self.changed_accounts);
         if complete && self.changed_accounts.is_empty() {
             return;
         }
@@ -2002,7 +2000,10 @@ mod tests {
         }
         drop(jobs_tx);
         answering.join().unwrap();
-        assert_eq!(lost, 0, "answers taken for a stopped store out of {REPLIES}");
+        assert_eq!(
+            lost, 0,
+            "answers taken for a stopped store out of {REPLIES}"
+        );
     }
 
     #[test]
