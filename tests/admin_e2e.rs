@@ -49,13 +49,44 @@ impl Node {
 
     /// A node whose config file adds `extra` (TOML tables) after `[http]`.
     fn start_with(extra: &str) -> Node {
+        let mut node = Node::spawn(1, free_port(), "", extra);
+        node.wait_listening();
+        node
+    }
+
+    /// Three nodes in one raft group, each listening.
+    fn start_cluster() -> Vec<Node> {
+        let store_ports = [free_port(), free_port(), free_port()];
+        let mut nodes: Vec<Node> = (1..=3u64)
+            .map(|id| {
+                let peers: Vec<String> = (1..=3u64)
+                    .zip(store_ports)
+                    .filter(|(peer, _)| *peer != id)
+                    .map(|(peer, port)| format!("{{ id = {peer}, addr = \"127.0.0.1:{port}\" }}"))
+                    .collect();
+                let store = format!(
+                    "peers = [{}]\nsecret = \"admin-e2e-cluster-secret\"\n",
+                    peers.join(", ")
+                );
+                Node::spawn(id, store_ports[(id - 1) as usize], &store, "")
+            })
+            .collect();
+        // Each node waits for a quorum before it listens: all run first.
+        for node in &mut nodes {
+            node.wait_listening();
+        }
+        nodes
+    }
+
+    /// Starts `tern serve` as node `id`; `store` adds keys to `[store]`.
+    fn spawn(id: u64, store_port: u16, store: &str, extra: &str) -> Node {
         let dir = temp_dir("admin");
-        let (smpp_port, store_port, http_port) = (free_port(), free_port(), free_port());
+        let (smpp_port, http_port) = (free_port(), free_port());
         let config = dir.path().join("tern.toml");
         let text = format!(
-            "[node]\ndata_dir = \"{data}\"\n\
+            "[node]\nid = {id}\ndata_dir = \"{data}\"\n\
              [smpp]\nlisten = \"127.0.0.1:{smpp_port}\"\n\
-             [store]\nlisten = \"127.0.0.1:{store_port}\"\n\
+             [store]\nlisten = \"127.0.0.1:{store_port}\"\n{store}\
              [http]\nlisten = \"127.0.0.1:{http_port}\"\nadmin_token = \"{TOKEN}\"\n{extra}",
             data = dir.path().join("data").display()
         );
@@ -68,18 +99,20 @@ impl Node {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start tern serve");
-        let mut node = Node {
+        Node {
             child,
             log,
             smpp_port,
             http_port,
             _dir: dir,
-        };
-        for port in [smpp_port, http_port] {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            common::wait_listening(addr, "tern serve", &mut node.child, &node.log);
         }
-        node
+    }
+
+    fn wait_listening(&mut self) {
+        for port in [self.smpp_port, self.http_port] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            common::wait_listening(addr, "tern serve", &mut self.child, &self.log);
+        }
     }
 
     fn url(&self) -> String {
@@ -561,5 +594,67 @@ fn an_account_window_above_the_configured_one_is_honoured() {
             pdu.sequence_number
         );
         answered += 1;
+    }
+}
+
+/// Waits for the server to unbind `stream` (answering it) and close it;
+/// true when that happened within `within`.
+fn unbound_and_closed(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut unbound = false;
+    while Instant::now() < deadline {
+        match read_pdu(stream) {
+            Ok(pdu) if pdu.command_id() == CommandId::Unbind => {
+                send_pdu(stream, &Pdu::new(pdu.sequence_number, Body::UnbindResp));
+                unbound = true;
+            }
+            Ok(pdu) if pdu.command_id() == CommandId::EnquireLink => {
+                send_pdu(
+                    stream,
+                    &Pdu::new(pdu.sequence_number, Body::EnquireLinkResp),
+                );
+            }
+            Ok(_) => {}
+            Err(_) => return unbound && Instant::now() < deadline,
+        }
+    }
+    false
+}
+
+#[test]
+fn an_account_deleted_through_one_node_is_unbound_on_the_others() {
+    let nodes = Node::start_cluster();
+    let (first, others) = nodes.split_first().expect("three nodes");
+    first.admin_ok(
+        "PUT",
+        "/admin/v1/accounts/roaming",
+        Some(&json!({"password": "pw"})),
+    );
+    // The admin call returned after commit on the first node; the others
+    // apply it a moment later.
+    let mut binds = Vec::new();
+    for node in others {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            let (stream, status) = bind(node.smpp_port, "roaming", "pw");
+            if status == 0 {
+                break stream;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the account never reached a follower\n{}",
+                node.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        binds.push(stream);
+    }
+    first.admin_ok("DELETE", "/admin/v1/accounts/roaming", None);
+    for (stream, node) in binds.iter_mut().zip(others) {
+        assert!(
+            unbound_and_closed(stream, Duration::from_secs(5)),
+            "the bind on another node was not unbound\n{}",
+            node.log_text()
+        );
     }
 }

@@ -5,8 +5,9 @@
 //! Owns: the loop that executes the core's actions in raft-rs's order (send
 //! `messages` at once; append + fdatasync; then `persisted_messages`; deliver
 //! replies), ticks, start-up recovery (log, latest durable state snapshot,
-//! replay), periodic durable state snapshots and log compaction, and the
-//! request/reply plumbing to callers. Must not touch: raft logic (the core
+//! replay), periodic durable state snapshots and log compaction, the
+//! request/reply plumbing to callers, and the hand-off of applied effects
+//! and account changes (`watch_accounts`) to this node's consumers. Must not touch: raft logic (the core
 //! decides), the log format (the wal decides), what commands mean (the state
 //! machine decides), or sockets (the transport owns them).
 //!
