@@ -511,6 +511,25 @@ impl Connection {
         let Some(name) = bind.system_id.as_str().map(str::to_string) else {
             return Err(S::ESME_RINVSYSID);
         };
+        // Watched before the account is read: a change applied between the
+        // read and the bind_resp still reaches this bind.
+        let recheck = self.shard.register_bound(self.session_id, &name);
+        let checked = self.check_account(bind, kind, name, recheck).await;
+        if checked.is_err() {
+            self.shard.unregister_bound(self.session_id);
+        }
+        checked
+    }
+
+    /// The account `name` allows this bind: password, state, address and
+    /// the bind registry's limit.
+    async fn check_account(
+        &mut self,
+        bind: &pdu::Bind,
+        kind: BindKind,
+        name: String,
+        recheck: Rc<Cell<bool>>,
+    ) -> Result<Bound, CommandStatus> {
         let lookup = name.clone();
         let account = self
             .store_call(
@@ -550,7 +569,6 @@ impl Connection {
         }
         let bucket = per_core_rate(account.throughput_per_s, self.shard.cores())
             .map(|rate| TokenBucket::new(rate, self.shard.now_ms()));
-        let recheck = self.shard.register_bound(self.session_id, &name);
         Ok(Bound {
             window: account.window,
             account: name,
