@@ -43,6 +43,14 @@ pub const STAT_LABEL_CAP: usize = 32;
 /// Distinct label pairs of one two-label family (account × status, ...):
 /// bounds the product, which the per-dimension caps alone would not.
 pub const PAIR_SERIES_CAP: usize = 2000;
+/// Status codes of HTTP answers with a series of their own; any other code
+/// counts under its class (`2xx` ... `5xx`), or `other` outside 100..=599.
+pub const HTTP_CODES: [u16; 15] = [
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 409, 413, 422, 429, 500, 503,
+];
+const HTTP_CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Series per route of `tern_http_requests_total`: codes, classes, `other`.
+const HTTP_CODE_SERIES: usize = HTTP_CODES.len() + HTTP_CODE_CLASSES.len() + 1;
 /// Executors with a load series (one per core).
 pub const EXECUTOR_CAP: usize = 256;
 /// Threads with a shard of their own; further threads share one (still
@@ -116,16 +124,18 @@ pub enum Counter {
     WebhookAttempts,
     WebhookSuccesses,
     WebhookFailures,
+    BindsRevoked,
 }
 
 impl Counter {
-    const ALL: [Counter; 6] = [
+    const ALL: [Counter; 7] = [
         Counter::MessagesFailed,
         Counter::MessagesExpired,
         Counter::Fsyncs,
         Counter::WebhookAttempts,
         Counter::WebhookSuccesses,
         Counter::WebhookFailures,
+        Counter::BindsRevoked,
     ];
     fn describe(self) -> (&'static str, &'static str) {
         match self {
@@ -153,7 +163,75 @@ impl Counter {
                 "tern_webhook_failures_total",
                 "Webhook POSTs answered otherwise, timed out or not connected (each is retried).",
             ),
+            Counter::BindsRevoked => (
+                "tern_binds_revoked_total",
+                "Customer binds closed because their account was removed, disabled or its password changed.",
+            ),
         }
+    }
+}
+
+/// What an HTTP request was routed to: the `route` label, a fixed set, so a
+/// client's paths never become label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRoute {
+    Submit,
+    Lookup,
+    OpenApi,
+    Metrics,
+    Health,
+    Ready,
+    Admin,
+    NotFound,
+    MethodNotAllowed,
+}
+
+impl HttpRoute {
+    pub const ALL: [HttpRoute; 9] = [
+        HttpRoute::Submit,
+        HttpRoute::Lookup,
+        HttpRoute::OpenApi,
+        HttpRoute::Metrics,
+        HttpRoute::Health,
+        HttpRoute::Ready,
+        HttpRoute::Admin,
+        HttpRoute::NotFound,
+        HttpRoute::MethodNotAllowed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HttpRoute::Submit => "submit",
+            HttpRoute::Lookup => "lookup",
+            HttpRoute::OpenApi => "openapi",
+            HttpRoute::Metrics => "metrics",
+            HttpRoute::Health => "health",
+            HttpRoute::Ready => "ready",
+            HttpRoute::Admin => "admin",
+            HttpRoute::NotFound => "not_found",
+            HttpRoute::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+}
+
+/// The series of `code` within a route: its own, its class's, or `other`.
+fn http_code_series(code: u16) -> usize {
+    if let Some(at) = HTTP_CODES.iter().position(|&c| c == code) {
+        return at;
+    }
+    match code {
+        100..=599 => HTTP_CODES.len() + usize::from(code / 100 - 1),
+        _ => HTTP_CODE_SERIES - 1,
+    }
+}
+
+fn http_code_label(series: usize) -> String {
+    match HTTP_CODES.get(series) {
+        Some(code) => code.to_string(),
+        None => HTTP_CODE_CLASSES
+            .get(series - HTTP_CODES.len())
+            .map_or(OTHER_LABEL, |class| class)
+            .to_string(),
     }
 }
 
@@ -408,6 +486,8 @@ struct Layout {
     counters: usize,
     gauges: usize,
     histograms: [usize; 7],
+    http_requests: usize,
+    http_durations: usize,
     total: usize,
 }
 
@@ -426,6 +506,9 @@ impl Layout {
         let counters = take(Counter::ALL.len());
         let gauges = take(1);
         let histograms = Histogram::ALL.map(|h| take(Histogram::cells_for(h.buckets().len())));
+        let http_requests = take(HttpRoute::ALL.len() * HTTP_CODE_SERIES);
+        let http_durations =
+            take(HttpRoute::ALL.len() * Histogram::cells_for(LATENCY_BUCKETS_NS.len()));
         Layout {
             account_counters,
             connector_submitted,
@@ -434,6 +517,8 @@ impl Layout {
             counters,
             gauges,
             histograms,
+            http_requests,
+            http_durations,
             total: at,
         }
     }
@@ -622,6 +707,23 @@ impl Registry {
         shard.add(at + buckets.len() + 1, value);
     }
 
+    /// One HTTP request routed to `route` was answered with `code` after
+    /// `elapsed` (request head read to response handed to the connection).
+    pub fn http_request(&self, route: HttpRoute, code: u16, elapsed: Duration) {
+        let shard = self.shard();
+        let route_index = route as usize;
+        shard.add(
+            self.layout.http_requests + route_index * HTTP_CODE_SERIES + http_code_series(code),
+            1,
+        );
+        let cells = Histogram::cells_for(LATENCY_BUCKETS_NS.len());
+        let at = self.layout.http_durations + route_index * cells;
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_NS.partition_point(|&bound| bound < nanos);
+        shard.add(at + bucket, 1);
+        shard.add(at + LATENCY_BUCKETS_NS.len() + 1, nanos);
+    }
+
     pub fn observe_duration(&self, histogram: Histogram, elapsed: Duration) {
         self.observe(
             histogram,
@@ -800,6 +902,8 @@ impl Registry {
         for histogram in Histogram::ALL {
             families.push(self.histogram_family(histogram));
         }
+        families.push(self.http_requests_family());
+        families.push(self.http_durations_family());
 
         let raft = [
             ("tern_raft_term", "Current raft term."),
@@ -984,6 +1088,74 @@ impl Registry {
             cumulative as f64,
         ));
         Family::new(name, help, Kind::Histogram, samples)
+    }
+
+    fn http_requests_family(&self) -> Family {
+        const NAME: &str = "tern_http_requests_total";
+        let mut samples = Vec::new();
+        for route in HttpRoute::ALL {
+            let at = self.layout.http_requests + route as usize * HTTP_CODE_SERIES;
+            for series in 0..HTTP_CODE_SERIES {
+                // Only codes seen: the route × code product is mostly empty.
+                let value = self.sum(at + series);
+                if value != 0 {
+                    samples.push(Sample::labelled(
+                        NAME,
+                        &[("route", route.label()), ("code", &http_code_label(series))],
+                        value as f64,
+                    ));
+                }
+            }
+        }
+        Family::new(
+            NAME,
+            "HTTP requests answered, by route and status code.",
+            Kind::Counter,
+            samples,
+        )
+    }
+
+    fn http_durations_family(&self) -> Family {
+        const NAME: &str = "tern_http_request_duration_seconds";
+        let buckets = LATENCY_BUCKETS_NS;
+        let cells = Histogram::cells_for(buckets.len());
+        let bucket_name = format!("{NAME}_bucket");
+        let sum_name = format!("{NAME}_sum");
+        let count_name = format!("{NAME}_count");
+        let mut samples = Vec::new();
+        for route in HttpRoute::ALL {
+            let at = self.layout.http_durations + route as usize * cells;
+            let label = route.label();
+            let mut cumulative = 0u64;
+            for (i, bound) in buckets.iter().enumerate() {
+                cumulative = cumulative.wrapping_add(self.sum(at + i));
+                let le = (*bound as f64 / 1e9).to_string();
+                samples.push(Sample::labelled(
+                    &bucket_name,
+                    &[("route", label), ("le", &le)],
+                    cumulative as f64,
+                ));
+            }
+            cumulative = cumulative.wrapping_add(self.sum(at + buckets.len()));
+            samples.push(Sample::labelled(
+                &bucket_name,
+                &[("route", label), ("le", "+Inf")],
+                cumulative as f64,
+            ));
+            let sum = self.sum(at + buckets.len() + 1) as f64 / 1e9;
+            samples.push(Sample::labelled(&sum_name, &[("route", label)], sum));
+            samples.push(Sample::labelled(
+                &count_name,
+                &[("route", label)],
+                cumulative as f64,
+            ));
+        }
+        Family::new(
+            NAME,
+            "HTTP request read to response handed to the connection, by route.",
+            Kind::Histogram,
+            samples,
+        )
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every family.
@@ -1277,6 +1449,11 @@ pub fn binds_open_add(account: &str, bind_type: BindType, delta: i64) {
 
 pub fn upstream_binds_open_add(connector: &str, delta: i64) {
     global().upstream_binds_open_add(connector, delta);
+}
+
+/// One HTTP request answered (see [`Registry::http_request`]).
+pub fn http_request(route: HttpRoute, code: u16, elapsed: Duration) {
+    global().http_request(route, code, elapsed);
 }
 
 pub fn observe(histogram: Histogram, value: u64) {

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tern::metrics::{AccountCounter, BindType, Counter, Gauge, Histogram, RaftStatus, Registry};
+use tern::metrics::{
+    AccountCounter, BindType, Counter, Gauge, Histogram, HttpRoute, RaftStatus, Registry,
+};
 use tern::smpp::CommandStatus;
 
 const DASHBOARD: &str = include_str!("../monitoring/grafana-dashboard.json");
@@ -132,6 +134,7 @@ fn populated_registry() -> Registry {
         leader_id: 1,
     });
     registry.add_executor_load(0, Duration::from_millis(5), 1);
+    registry.http_request(HttpRoute::Submit, 202, Duration::from_millis(2));
     registry
 }
 
@@ -184,6 +187,8 @@ fn every_dashboard_metric_and_label_is_exported() {
         "tern_fsync_latency_seconds_bucket",
         "tern_executor_busy_seconds_total",
         "process_resident_memory_bytes",
+        "tern_http_requests_total",
+        "tern_http_request_duration_seconds_bucket",
     ] {
         assert!(used.contains(needed), "the dashboard lacks {needed}");
     }

@@ -358,6 +358,35 @@ fn http_api_end_to_end() {
     assert!(metrics.text.contains("tern_messages_accepted_total"));
     let wrong_method = node.call("DELETE", "/v1/messages", Some("trial"), &[], None);
     assert_eq!(wrong_method.status, 405);
+    let unknown = node.call("GET", "/no/such/path/12345", None, &[], None);
+    assert_eq!(unknown.status, 404);
+
+    // Every request above is counted by its route and status, never its path.
+    let metrics = node.call("GET", "/metrics", None, &[], None).text;
+    let count = |route: &str, code: &str| -> f64 {
+        let prefix = format!("tern_http_requests_total{{route=\"{route}\",code=\"{code}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("submit", "201") >= 1.0, "{metrics}");
+    assert!(count("submit", "401") >= 1.0, "{metrics}");
+    assert!(count("submit", "429") >= 1.0, "{metrics}");
+    assert!(count("lookup", "200") >= 1.0, "{metrics}");
+    assert!(count("metrics", "200") >= 1.0, "{metrics}");
+    assert_eq!(count("method_not_allowed", "405"), 1.0, "{metrics}");
+    assert_eq!(count("not_found", "404"), 1.0, "{metrics}");
+    assert!(!metrics.contains("/no/such/path"), "paths are never labels");
+    let submit_durations = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tern_http_request_duration_seconds_count{route=\"submit\"} ")
+        })
+        .and_then(|value| value.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(submit_durations >= 3.0, "{metrics}");
 }
 
 #[test]

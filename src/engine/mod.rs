@@ -34,6 +34,12 @@ use crate::store::driver::{ProposeError, Store, StoreConfig, StoreHandle};
 use crate::store::retention::RetentionConfig;
 use crate::store::state::ApplyOutcome;
 
+/// The largest per-bind window a bind gets, whatever the configuration or
+/// the admin API say: the requests one bind may have awaiting an answer
+/// (the admin API refuses more; SMPP sequence numbers allow far more, but
+/// memory per bind grows with it).
+pub const MAX_WINDOW: usize = 65_535;
+
 /// How long start-up waits for the store to elect a leader and commit.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -74,23 +80,13 @@ impl SessionSettings {
         }
     }
 
+    /// The window of a bind of `account` whose replicated record names none.
     pub fn window_for(&self, account: &str) -> usize {
         self.account_windows
             .get(account)
             .copied()
             .unwrap_or(self.default_window)
-            .max(1)
-    }
-
-    /// The largest window any bind may get (sizes per-connection channels).
-    pub fn max_window(&self) -> usize {
-        self.account_windows
-            .values()
-            .copied()
-            .chain(std::iter::once(self.default_window))
-            .max()
-            .unwrap_or(1)
-            .max(1)
+            .clamp(1, MAX_WINDOW)
     }
 }
 
@@ -533,6 +529,8 @@ mod tests {
         let settings = SessionSettings::from_config(&resolved);
         assert_eq!(settings.window_for("trial"), 7);
         assert_eq!(settings.window_for("other"), 100);
-        assert_eq!(settings.max_window(), 100);
+        let mut huge = settings.clone();
+        huge.default_window = usize::MAX;
+        assert_eq!(huge.window_for("other"), MAX_WINDOW);
     }
 }

@@ -4,7 +4,8 @@
 //! `smpp::session`), authentication of the bind, the per-bind window, the
 //! throttle check, turning submit_sm / data_sm into an `Accept` proposal and
 //! answering only once it committed, query_sm from the store, enquire_link
-//! both ways, dropping a silent peer, the unbind on shutdown, and on a
+//! both ways, dropping a silent peer, the unbind on shutdown or when the
+//! bind's account is removed, disabled or its password changed, and on a
 //! receiver/transceiver bind sending the deliver_sm the delivery hub hands
 //! it (in the bind's window, timed out there) and reporting each answer back
 //! to the hub. Must not touch: other connections, the store's internals
@@ -15,10 +16,18 @@
 //! whichever comes first of bytes from the socket, a committed proposal, a
 //! delivery to send (only while the delivery window has room), or its next
 //! timer. Each proposal is awaited by a small task of its own that
-//! hands the outcome back through a channel bounded by the window, so the
-//! connection keeps reading while commits are in flight. Responses produced
-//! by one read are written with one write.
+//! hands the outcome back through a channel, so the connection keeps reading
+//! while commits are in flight. That channel holds at most one completion
+//! per outstanding proposal, and `admit` keeps those within the bind's
+//! window (itself at most [`MAX_WINDOW`]): the window is its bound, known
+//! only at bind, so nothing is sized for the largest window in advance.
+//! Responses produced by one read are written with one write.
+//!
+//! An account change (see `Shard::register_bound`) sets the bind's re-check
+//! flag; the connection looks at it whenever it wakes (at least every
+//! [`SHUTDOWN_POLL`]) and re-reads the account once.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
@@ -34,7 +43,8 @@ use super::auth;
 use super::delivery::{HubEvent, Job, DELIVER_RESP_TIMEOUT_MS};
 use super::shard::Shard;
 use super::throttle::{per_core_rate, TokenBucket};
-use crate::metrics::{Gauge, Histogram};
+use super::MAX_WINDOW;
+use crate::metrics::{Counter, Gauge, Histogram};
 use crate::smpp::command::CommandId;
 use crate::smpp::frame::{Frame, FrameDecoder};
 use crate::smpp::pdu::{
@@ -63,6 +73,9 @@ const SERVER_SYSTEM_ID: &[u8] = b"tern";
 const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the connection looks at the shutdown flag when otherwise idle.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+/// A bind whose account was revoked has this long to answer our unbind and
+/// take its last responses (at most the shutdown grace period).
+const REVOKED_GRACE_MS: u64 = 2_000;
 
 /// The account a bind authenticated as, with what the hot path needs.
 struct Bound {
@@ -72,6 +85,11 @@ struct Bound {
     window: u32,
     allowed_senders: Vec<String>,
     bucket: Option<TokenBucket>,
+    /// The hash the bind's password matched: another one means the
+    /// password changed and the bind must authenticate again.
+    password_hash: String,
+    /// Set by the shard when the account changed.
+    recheck: Rc<Cell<bool>>,
 }
 
 /// What a proposal's task hands back.
@@ -137,7 +155,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
     // A customer that stops reading must not hold the connection forever.
     let _ = stream.set_write_timeout(Some(Duration::from_millis(settings.dead_after_ms.max(1))));
     let now_ms = shard.now_ms();
-    let (completions_tx, completions_rx) = local_channel::new_bounded(settings.max_window());
+    // Bounded by the window through `admit` (see the module header).
+    let (completions_tx, completions_rx) = local_channel::new_unbounded();
     let mut conn = Connection {
         shard: Rc::clone(&shard),
         peer,
@@ -180,6 +199,13 @@ impl Connection {
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let mut chunk = vec![0u8; READ_CHUNK_BYTES];
         loop {
+            let recheck = self
+                .bound
+                .as_ref()
+                .is_some_and(|bound| bound.recheck.replace(false));
+            if recheck {
+                self.recheck_account().await;
+            }
             if !self.out.is_empty() {
                 if stream.write_all(&self.out).await.is_err() {
                     return "write failed";
@@ -433,13 +459,14 @@ impl Connection {
         match self.authenticate(&bind, kind).await {
             Ok(bound) => {
                 self.shard.failed_binds().record_success(self.peer.ip());
+                debug_assert_eq!(self.outstanding, 0, "proposals before the bind");
                 // The replicated window (set in the config file or through
-                // the admin API) wins; the per-connection channel was sized
-                // for the largest configured window, so it is the ceiling.
-                self.window = match usize::try_from(bound.window) {
-                    Ok(window) if window > 0 => window.min(self.shard.settings().max_window()),
+                // the admin API) wins over the node's settings.
+                let window = match usize::try_from(bound.window) {
+                    Ok(window) if window > 0 => window,
                     _ => self.shard.settings().window_for(&bound.account),
                 };
+                self.window = window.clamp(1, MAX_WINDOW);
                 tracing::info!(
                     session = self.session_id,
                     peer = %self.peer,
@@ -484,6 +511,25 @@ impl Connection {
         let Some(name) = bind.system_id.as_str().map(str::to_string) else {
             return Err(S::ESME_RINVSYSID);
         };
+        // Watched before the account is read: a change applied between the
+        // read and the bind_resp still reaches this bind.
+        let recheck = self.shard.register_bound(self.session_id, &name);
+        let checked = self.check_account(bind, kind, name, recheck).await;
+        if checked.is_err() {
+            self.shard.unregister_bound(self.session_id);
+        }
+        checked
+    }
+
+    /// The account `name` allows this bind: password, state, address and
+    /// the bind registry's limit.
+    async fn check_account(
+        &mut self,
+        bind: &pdu::Bind,
+        kind: BindKind,
+        name: String,
+        recheck: Rc<Cell<bool>>,
+    ) -> Result<Bound, CommandStatus> {
         let lookup = name.clone();
         let account = self
             .store_call(
@@ -529,7 +575,90 @@ impl Connection {
             kind,
             allowed_senders: account.allowed_senders,
             bucket,
+            password_hash: account.password_hash,
+            recheck,
         })
+    }
+
+    /// The bind's account changed: re-read it. Removed, disabled, another
+    /// password or an address no longer allowed ends the bind (unbind, then
+    /// close after a short grace); otherwise the sender list and throughput
+    /// follow the new record.
+    async fn recheck_account(&mut self) {
+        if self.closing.is_some() {
+            return;
+        }
+        let Some(bound) = &self.bound else {
+            return;
+        };
+        let lookup = bound.account.clone();
+        let read = self
+            .store_call(
+                self.shard
+                    .store()
+                    .query(move |state| state.account(&lookup).cloned()),
+            )
+            .await;
+        let Some(bound) = &mut self.bound else {
+            return;
+        };
+        let account = match read {
+            Ok(account) => account,
+            Err(_) => {
+                // The store did not answer: look again at the next wake-up.
+                bound.recheck.set(true);
+                return;
+            }
+        };
+        let reason = match &account {
+            None => Some("account removed"),
+            Some(a) if !a.enabled => Some("account disabled"),
+            Some(a) if a.password_hash != bound.password_hash => Some("password changed"),
+            Some(a) if !auth::address_allowed(&a.allowed_ips, self.peer.ip()) => {
+                Some("address no longer allowed")
+            }
+            Some(_) => None,
+        };
+        match (reason, account) {
+            (None, Some(account)) => {
+                bound.allowed_senders = account.allowed_senders;
+                let rate = per_core_rate(account.throughput_per_s, self.shard.cores());
+                match (&mut bound.bucket, rate) {
+                    (Some(bucket), Some(rate)) => bucket.set_rate(rate),
+                    (bucket, rate) => {
+                        *bucket = rate.map(|rate| TokenBucket::new(rate, self.shard.now_ms()))
+                    }
+                }
+            }
+            (Some(reason), _) => self.revoke(reason),
+            (None, None) => {}
+        }
+    }
+
+    /// Ends a bind whose account no longer allows it: an unbind the customer
+    /// answers while its last responses go out, or a plain close when the
+    /// session is not in a bound state.
+    fn revoke(&mut self, reason: &'static str) {
+        tracing::info!(
+            session = self.session_id,
+            peer = %self.peer,
+            account = self.bound.as_ref().map_or("", |b| b.account.as_str()),
+            reason,
+            "closing a bind its account no longer allows"
+        );
+        crate::metrics::count(Counter::BindsRevoked);
+        if !self.bind.state().is_bound() {
+            self.closing = Some(Closing::Now);
+            return;
+        }
+        let sequence_number = self.sequence.allocate();
+        self.push(&Pdu::new(sequence_number, Body::Unbind));
+        self.bind.apply(CommandId::Unbind, S::ESME_ROK);
+        let grace_ms = REVOKED_GRACE_MS.min(self.shard.settings().shutdown_grace_ms);
+        self.closing = Some(Closing::Draining {
+            deadline_ms: self.shard.now_ms().saturating_add(grace_ms),
+            unbind_answered: false,
+        });
     }
 
     /// Awaits a store call with a deadline, mapping failures to RSYSERR.
@@ -731,6 +860,10 @@ impl Connection {
     }
 
     fn on_committed(&mut self, completion: Completion) {
+        debug_assert!(
+            self.outstanding > 0 && self.outstanding <= self.window,
+            "a completion without a proposal, or beyond the window"
+        );
         self.outstanding = self.outstanding.saturating_sub(1);
         let Completion {
             sequence_number,
@@ -992,6 +1125,7 @@ impl Connection {
         let Some(bound) = self.bound.take() else {
             return;
         };
+        self.shard.unregister_bound(self.session_id);
         crate::metrics::binds_open_add(&bound.account, bound.kind.into(), -1);
         let closed = Command::BindClosed {
             node: self.shard.node_id(),

@@ -1,7 +1,9 @@
 //! One connection core: its SMPP listener and the state its connections share.
 //!
 //! Owns: the per-core context (store handle, message-id generator, in-flight
-//! proposal count, failed-bind table, clock), the accept loop on this core's
+//! proposal count, failed-bind table, clock), this core's watch of account
+//! changes (which binds of an account must re-check it, and the listeners
+//! such as the HTTP key cache that forget it), the accept loop on this core's
 //! SO_REUSEPORT listener, starting this core's HTTP server (see `crate::http`)
 //! on the same context, and this core's part of the graceful shutdown
 //! (stop accepting, let connections unbind and drain, bounded). Must not
@@ -12,6 +14,7 @@
 //! suffice; no borrow is ever held across an await.
 
 use std::cell::{Cell, RefCell, RefMut};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +26,7 @@ use glommio::net::TcpListener;
 use super::auth::FailedBinds;
 use super::delivery::{self, DeliveryLink, HubStart};
 use super::{session, SessionSettings};
-use crate::store::driver::StoreHandle;
+use crate::store::driver::{AccountChange, AccountWatcher, StoreHandle};
 use crate::store::id::{IdError, IdGenerator, MessageId};
 
 /// Addresses remembered per core for failed-bind slow-down.
@@ -48,6 +51,20 @@ pub struct Shard {
     delivery: DeliveryLink,
     stop: Arc<AtomicBool>,
     started: Instant,
+    accounts: AccountWatcher,
+    /// Bound sessions of this core: session id → (account, re-check flag).
+    /// Bounded by the connection limit.
+    bound_sessions: RefCell<HashMap<u64, BoundSession>>,
+    account_listeners: RefCell<Vec<AccountListener>>,
+}
+
+/// Told of each account change applied on this node (this core's HTTP key
+/// cache is one).
+pub type AccountListener = Box<dyn Fn(&AccountChange)>;
+
+struct BoundSession {
+    account: String,
+    recheck: Rc<Cell<bool>>,
 }
 
 /// Everything a core needs to start, sent to its executor thread.
@@ -126,6 +143,56 @@ impl Shard {
         true
     }
 
+    /// Registers a bound session of `account`; the flag returned is set when
+    /// the account changed, and the session re-checks it then.
+    pub fn register_bound(&self, session: u64, account: &str) -> Rc<Cell<bool>> {
+        let recheck = Rc::new(Cell::new(false));
+        let previous = self.bound_sessions.borrow_mut().insert(
+            session,
+            BoundSession {
+                account: account.to_string(),
+                recheck: Rc::clone(&recheck),
+            },
+        );
+        debug_assert!(previous.is_none(), "session {session} bound twice");
+        recheck
+    }
+
+    pub fn unregister_bound(&self, session: u64) {
+        self.bound_sessions.borrow_mut().remove(&session);
+    }
+
+    /// Adds a listener told of every account change from now on.
+    pub fn on_account_change(&self, listener: AccountListener) {
+        self.account_listeners.borrow_mut().push(listener);
+    }
+
+    /// Applies the account changes published since the last call: one
+    /// atomic load when there are none. Callers about to trust something
+    /// cached about an account call this first, so a change committed
+    /// before their request arrived is never missed.
+    pub fn take_account_changes(&self) {
+        if self.accounts.has_news() {
+            self.accounts
+                .drain(|change| self.apply_account_change(&change));
+        }
+    }
+
+    fn apply_account_change(&self, change: &AccountChange) {
+        for session in self.bound_sessions.borrow().values() {
+            let concerned = match change {
+                AccountChange::All => true,
+                AccountChange::Account(name) => *name == session.account,
+            };
+            if concerned {
+                session.recheck.set(true);
+            }
+        }
+        for listener in self.account_listeners.borrow().iter() {
+            listener(change);
+        }
+    }
+
     pub fn release_in_flight(&self) {
         let now = self.in_flight.get();
         debug_assert!(now > 0, "released more proposals than reserved");
@@ -165,6 +232,7 @@ pub async fn run(start: ShardStart) {
     let local = listener.local_addr().unwrap_or(start.listen);
     let _ = start.ready.send(Ok(local));
     let grace_ms = start.settings.shutdown_grace_ms;
+    let accounts = start.store.watch_accounts();
     let shard = Rc::new(Shard {
         index: start.index,
         node_id: start.node_id,
@@ -182,12 +250,16 @@ pub async fn run(start: ShardStart) {
         delivery: start.delivery,
         stop: start.stop,
         started: Instant::now(),
+        accounts,
+        bound_sessions: RefCell::new(HashMap::new()),
+        account_listeners: RefCell::new(Vec::new()),
     });
     tracing::debug!(core = shard.index, %local, "listening for SMPP");
     glommio::spawn_local(crate::metrics::sample_executor_load(Duration::from_secs(1))).detach();
     if let Some(hub) = start.hub {
         glommio::spawn_local(delivery::run_hub(hub)).detach();
     }
+    glommio::spawn_local(follow_account_changes(Rc::clone(&shard))).detach();
     let acceptor = glommio::spawn_local(accept_loop(Rc::clone(&shard), listener));
     let mut http = match (start.http, http_listeners) {
         (Some(settings), Some(listeners)) => Some(crate::http::Server::start(
@@ -221,6 +293,15 @@ pub async fn run(start: ShardStart) {
             open = open(&shard),
             "connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// Applies account changes as the store publishes them, so binds of a
+/// removed account close even when nothing else on this core looks.
+async fn follow_account_changes(shard: Rc<Shard>) {
+    while let Some(change) = shard.accounts.next().await {
+        shard.apply_account_change(&change);
+        shard.take_account_changes();
     }
 }
 

@@ -13,9 +13,12 @@
 //! Why a cache: an API key is checked with the same salted hash as SMPP
 //! passwords, so finding the account of a key means trying every account's
 //! hash. The cache keeps a key's SHA-256 digest (never the key) → account on
-//! this core, and re-reads the account from the store when the entry is
-//! older than [`ACCOUNT_RECHECK_MS`], so a changed or disabled account or a
-//! rotated key takes effect within that time.
+//! this core. An account written or removed on this node drops its entries
+//! on every core before the next request looks (the shard's account
+//! changes, see `Shard::take_account_changes`), so a removed or disabled
+//! account or a rotated key is refused as soon as the change is applied
+//! here. As a backstop an entry is also re-read from the store once it is
+//! older than [`ACCOUNT_RECHECK_MS`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -40,7 +43,7 @@ use crate::store::command::{
     Accept, AcceptBatch, Account, Address, Command, SegmentInfo, MAX_CLIENT_REF_BYTES,
     MAX_IDEMPOTENCY_KEY_BYTES,
 };
-use crate::store::driver::ProposeError;
+use crate::store::driver::{AccountChange, ProposeError};
 use crate::store::id::MessageId;
 use crate::store::state::{ApplyOutcome, Message, MessageState, RejectReason};
 
@@ -75,6 +78,9 @@ pub struct ApiState {
     keys: RefCell<HashMap<[u8; 32], CachedKey>>,
     buckets: RefCell<HashMap<String, TokenBucket>>,
     next_concat_reference: Cell<u8>,
+    /// Bumped whenever entries are forgotten: a lookup that read the store
+    /// before a change must not cache what it read.
+    forgotten: Cell<u64>,
 }
 
 #[derive(Clone)]
@@ -90,6 +96,17 @@ impl ApiState {
             keys: RefCell::new(HashMap::new()),
             buckets: RefCell::new(HashMap::new()),
             next_concat_reference: Cell::new(rand::random()),
+            forgotten: Cell::new(0),
+        }
+    }
+
+    /// Drops what this core cached about the changed account(s).
+    pub fn forget(&self, change: &AccountChange) {
+        self.forgotten.set(self.forgotten.get().wrapping_add(1));
+        let mut keys = self.keys.borrow_mut();
+        match change {
+            AccountChange::All => keys.clear(),
+            AccountChange::Account(name) => keys.retain(|_, cached| cached.account.name != *name),
         }
     }
 
@@ -442,6 +459,9 @@ async fn authenticate(
 async fn find_account(context: &HttpContext, key: &str) -> Result<Rc<Account>, HttpResponse> {
     let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let now_ms = context.shard().now_ms();
+    // Changes committed before this request arrived drop their entries now.
+    context.shard().take_account_changes();
+    let forgotten_before = context.api().forgotten.get();
     let cached = context.api().keys.borrow().get(&digest).cloned();
     if let Some(hit) = &cached {
         if now_ms.saturating_sub(hit.checked_at_ms) < ACCOUNT_RECHECK_MS {
@@ -452,7 +472,7 @@ async fn find_account(context: &HttpContext, key: &str) -> Result<Rc<Account>, H
         let fresh = with_timeout(context.store().query(move |s| s.account(&name).cloned())).await;
         match fresh {
             Some(Ok(Some(account))) if account.api_key_hash == hit.account.api_key_hash => {
-                return Ok(remember(context, digest, account, now_ms));
+                return Ok(remember(context, digest, account, now_ms, forgotten_before));
             }
             Some(Ok(_)) => {
                 context.api().keys.borrow_mut().remove(&digest);
@@ -480,13 +500,24 @@ async fn find_account(context: &HttpContext, key: &str) -> Result<Rc<Account>, H
             .is_some_and(|hash| auth::verify_password(key.as_bytes(), hash))
     });
     match found {
-        Some(account) => Ok(remember(context, digest, account, now_ms)),
+        Some(account) => Ok(remember(context, digest, account, now_ms, forgotten_before)),
         None => Err(unauthorized("the API key is not valid")),
     }
 }
 
-fn remember(context: &HttpContext, digest: [u8; 32], account: Account, now_ms: u64) -> Rc<Account> {
+/// Caches the key's account, unless entries were forgotten since the lookup
+/// began (`forgotten_before`): what it read may be older than the change.
+fn remember(
+    context: &HttpContext,
+    digest: [u8; 32],
+    account: Account,
+    now_ms: u64,
+    forgotten_before: u64,
+) -> Rc<Account> {
     let account = Rc::new(account);
+    if context.api().forgotten.get() != forgotten_before {
+        return account;
+    }
     let mut keys = context.api().keys.borrow_mut();
     if keys.len() >= KEY_CACHE_CAPACITY && !keys.contains_key(&digest) {
         keys.clear();

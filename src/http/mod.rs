@@ -3,8 +3,10 @@
 //! Owns: the HTTP listeners of a core (SO_REUSEPORT on `http.listen`, and on
 //! `http.admin_listen` when the admin API listens apart), the per-connection
 //! task (keep-alive, header read timeout, bounded connections per core,
-//! graceful close on shutdown), the router (method + path), the per-core
-//! [`HttpContext`], the body size limit and the JSON error shape
+//! graceful close on shutdown), the router (method + path), counting every
+//! request by route and status (`tern_http_requests_total`, and its duration
+//! by route), the per-core [`HttpContext`], the body size limit and the JSON
+//! error shape
 //! `{"error":{"code":…,"message":…}}`; and the operational routes `/health`,
 //! `/ready`, `/metrics`. Must not touch: HTTP parsing (hyper does it, see
 //! `rt`), the store's internals (only `StoreHandle`), SMPP sessions, or other
@@ -34,6 +36,7 @@ use serde::Serialize;
 
 use crate::config::Resolved;
 use crate::engine::shard::Shard;
+use crate::metrics::HttpRoute;
 use crate::store::driver::StoreHandle;
 
 /// Every response body is one buffer.
@@ -170,7 +173,13 @@ pub struct Server {
 impl Server {
     /// Starts accepting on `listeners`.
     pub fn start(shard: Rc<Shard>, settings: HttpSettings, listeners: Listeners) -> Server {
-        let context = Rc::new(HttpContext::new(shard, settings));
+        let context = Rc::new(HttpContext::new(Rc::clone(&shard), settings));
+        let weak = Rc::downgrade(&context);
+        shard.on_account_change(Box::new(move |change| {
+            if let Some(context) = weak.upgrade() {
+                context.api.forget(change);
+            }
+        }));
         let mut acceptors = vec![glommio::spawn_local(accept_loop(
             Rc::clone(&context),
             listeners.main,
@@ -255,7 +264,19 @@ async fn serve_connection(
             // answer. Saying so in the answer keeps a keep-alive client from
             // sending its next request into a connection that is going away.
             let has_body = !hyper::body::Body::is_end_stream(request.body());
-            let mut response = route(context, request, face).await;
+            let started = std::time::Instant::now();
+            let which = Route::of(
+                request.method(),
+                request.uri().path(),
+                face,
+                &context.settings,
+            );
+            let mut response = route(context, request, which).await;
+            crate::metrics::http_request(
+                which.metric_route(),
+                response.status().as_u16(),
+                started.elapsed(),
+            );
             if has_body
                 && (response.status().is_client_error() || response.status().is_server_error())
             {
@@ -307,14 +328,9 @@ async fn serve_connection(
     }
 }
 
-/// Dispatches one request by method and path.
-async fn route(context: Rc<HttpContext>, request: Request<Incoming>, face: Face) -> HttpResponse {
-    match Route::of(
-        request.method(),
-        request.uri().path(),
-        face,
-        &context.settings,
-    ) {
+/// Dispatches one request to the route its method and path chose.
+async fn route(context: Rc<HttpContext>, request: Request<Incoming>, which: Route) -> HttpResponse {
+    match which {
         Route::Health => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         Route::Ready => ready(&context),
         Route::Metrics => metrics(),
@@ -342,6 +358,21 @@ enum Route {
 }
 
 impl Route {
+    /// The route's `route` label in the request metrics.
+    fn metric_route(self) -> HttpRoute {
+        match self {
+            Route::Health => HttpRoute::Health,
+            Route::Ready => HttpRoute::Ready,
+            Route::Metrics => HttpRoute::Metrics,
+            Route::OpenApi => HttpRoute::OpenApi,
+            Route::Submit => HttpRoute::Submit,
+            Route::Lookup => HttpRoute::Lookup,
+            Route::Admin => HttpRoute::Admin,
+            Route::MethodNotAllowed => HttpRoute::MethodNotAllowed,
+            Route::NotFound => HttpRoute::NotFound,
+        }
+    }
+
     fn of(method: &Method, path: &str, face: Face, settings: &HttpSettings) -> Route {
         if path == "/admin" || path.starts_with("/admin/") {
             let admin_here = match face {

@@ -166,36 +166,55 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, (String, Vec<Line>)>,
         if kind != "histogram" {
             continue;
         }
-        let buckets: Vec<&Line> = samples
-            .iter()
-            .filter(|l| l.name.ends_with("_bucket"))
-            .collect();
-        let mut previous_le = f64::NEG_INFINITY;
-        let mut previous_count = 0.0;
-        for bucket in &buckets {
-            let le = bucket
-                .labels
+        // A labelled histogram is one series of buckets per label set
+        // (`le` aside), each with its own `_count` and `_sum`.
+        let others = |line: &Line| -> Vec<(String, String)> {
+            line.labels
                 .iter()
-                .find(|(k, _)| k == "le")
-                .ok_or(format!("{family}: bucket without le"))?;
-            let le = parse_value(&le.1)?;
-            if le <= previous_le || bucket.value < previous_count {
-                return Err(format!("{family}: buckets not increasing at le={le}"));
+                .filter(|(k, _)| k != "le")
+                .cloned()
+                .collect()
+        };
+        let mut series: BTreeMap<Vec<(String, String)>, Vec<&Line>> = BTreeMap::new();
+        for line in samples.iter().filter(|l| l.name.ends_with("_bucket")) {
+            series.entry(others(line)).or_default().push(line);
+        }
+        if series.is_empty() {
+            return Err(format!("{family}: no buckets"));
+        }
+        for (labels, buckets) in &series {
+            let mut previous_le = f64::NEG_INFINITY;
+            let mut previous_count = 0.0;
+            for bucket in buckets {
+                let le = bucket
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .ok_or(format!("{family}: bucket without le"))?;
+                let le = parse_value(&le.1)?;
+                if le <= previous_le || bucket.value < previous_count {
+                    return Err(format!(
+                        "{family}{labels:?}: buckets not increasing at le={le}"
+                    ));
+                }
+                previous_le = le;
+                previous_count = bucket.value;
             }
-            previous_le = le;
-            previous_count = bucket.value;
-        }
-        if previous_le != f64::INFINITY {
-            return Err(format!("{family}: last bucket is not +Inf"));
-        }
-        let count = samples
-            .iter()
-            .find(|l| l.name.ends_with("_count"))
-            .ok_or(format!("{family}: no _count"))?;
-        if count.value != previous_count || !samples.iter().any(|l| l.name.ends_with("_sum")) {
-            return Err(format!(
-                "{family}: _count differs from +Inf bucket or no _sum"
-            ));
+            if previous_le != f64::INFINITY {
+                return Err(format!("{family}{labels:?}: last bucket is not +Inf"));
+            }
+            let count = samples
+                .iter()
+                .find(|l| l.name.ends_with("_count") && others(l) == *labels)
+                .ok_or(format!("{family}{labels:?}: no _count"))?;
+            let has_sum = samples
+                .iter()
+                .any(|l| l.name.ends_with("_sum") && others(l) == *labels);
+            if count.value != previous_count || !has_sum {
+                return Err(format!(
+                    "{family}{labels:?}: _count differs from +Inf bucket or no _sum"
+                ));
+            }
         }
     }
     Ok(families)
@@ -542,6 +561,72 @@ fn the_global_registry_renders() {
     render_prometheus(&mut out);
     parse_exposition(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert!(out.contains("tern_messages_accepted_total{account=\"global-test-account\"} "));
+}
+
+#[test]
+fn http_requests_count_by_route_and_bounded_code() {
+    let registry = Registry::new();
+    registry.http_request(HttpRoute::Submit, 202, Duration::from_millis(3));
+    registry.http_request(HttpRoute::Submit, 202, Duration::from_millis(3));
+    registry.http_request(HttpRoute::Submit, 401, Duration::from_micros(50));
+    // Codes without a series of their own fold into their class, or `other`.
+    registry.http_request(HttpRoute::Admin, 418, Duration::from_millis(1));
+    registry.http_request(HttpRoute::NotFound, 999, Duration::from_millis(1));
+    registry.http_request(HttpRoute::NotFound, 0, Duration::from_millis(1));
+    let text = render(&registry);
+    parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let requests = |route: &str, code: &str| {
+        value_of(
+            &registry,
+            "tern_http_requests_total",
+            &[("route", route), ("code", code)],
+        )
+    };
+    assert_eq!(requests("submit", "202"), Some(2.0));
+    assert_eq!(requests("submit", "401"), Some(1.0));
+    assert_eq!(requests("admin", "4xx"), Some(1.0));
+    assert_eq!(requests("not_found", "other"), Some(2.0));
+    assert_eq!(
+        requests("lookup", "200"),
+        None,
+        "unseen codes are not shown"
+    );
+    let duration = |name: &str, labels: &[(&str, &str)]| value_of(&registry, name, labels);
+    assert_eq!(
+        duration(
+            "tern_http_request_duration_seconds_count",
+            &[("route", "submit")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        duration(
+            "tern_http_request_duration_seconds_bucket",
+            &[("route", "submit"), ("le", "0.0001")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        duration(
+            "tern_http_request_duration_seconds_bucket",
+            &[("route", "submit"), ("le", "0.005")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        duration(
+            "tern_http_request_duration_seconds_count",
+            &[("route", "health")]
+        ),
+        Some(0.0)
+    );
+    // Every code series has a distinct label.
+    let labels: std::collections::BTreeSet<String> =
+        (0..HTTP_CODE_SERIES).map(http_code_label).collect();
+    assert_eq!(labels.len(), HTTP_CODE_SERIES);
+    for code in 0..=u16::MAX {
+        assert!(http_code_series(code) < HTTP_CODE_SERIES, "{code}");
+    }
 }
 
 #[test]

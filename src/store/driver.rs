@@ -5,8 +5,9 @@
 //! Owns: the loop that executes the core's actions in raft-rs's order (send
 //! `messages` at once; append + fdatasync; then `persisted_messages`; deliver
 //! replies), ticks, start-up recovery (log, latest durable state snapshot,
-//! replay), periodic durable state snapshots and log compaction, and the
-//! request/reply plumbing to callers. Must not touch: raft logic (the core
+//! replay), periodic durable state snapshots and log compaction, the
+//! request/reply plumbing to callers, and the hand-off of applied effects
+//! and account changes (`watch_accounts`) to this node's consumers. Must not touch: raft logic (the core
 //! decides), the log format (the wal decides), what commands mean (the state
 //! machine decides), or sockets (the transport owns them).
 //!
@@ -288,6 +289,7 @@ pub struct StoreHandle {
     dispatch: EffectQueue,
     delivery: EffectQueue,
     archive: Option<ArchiveHandle>,
+    accounts: Arc<AccountNotices>,
 }
 
 /// One kind of work applied commands hand to THIS node, in apply order.
@@ -311,6 +313,127 @@ impl EffectQueue {
     /// the state (`owned_unsubmitted` or `deliveries_for_node` for this node).
     pub fn take_lost(&self) -> bool {
         self.lost.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// What a watcher learns when account records change on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountChange {
+    /// This account's record was written or removed.
+    Account(String),
+    /// Any account may have changed (a snapshot replaced the state, or
+    /// notices were dropped): re-check everything.
+    All,
+}
+
+/// Notices a watcher holds before it drains them; beyond this it gets
+/// [`AccountChange::All`] instead.
+const ACCOUNT_NOTICE_CAPACITY: usize = 1024;
+
+/// The store thread's side of account notices: one bounded queue per
+/// watcher, and a generation bumped after each publication. Watchers
+/// subscribe once at start-up and the store thread publishes only when an
+/// applied command wrote or removed an account, so the mutex is never on a
+/// message's path.
+struct AccountNotices {
+    watchers: std::sync::Mutex<Vec<AccountSubscriber>>,
+    generation: AtomicU64,
+}
+
+struct AccountSubscriber {
+    sender: flume::Sender<AccountChange>,
+    lost: Arc<AtomicBool>,
+}
+
+impl AccountNotices {
+    fn new() -> AccountNotices {
+        AccountNotices {
+            watchers: std::sync::Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn subscribe(self: &Arc<Self>) -> AccountWatcher {
+        let (sender, receiver) = flume::bounded(ACCOUNT_NOTICE_CAPACITY);
+        let lost = Arc::new(AtomicBool::new(false));
+        // A poisoned lock only means a panic elsewhere mid-push; the list
+        // is still a list.
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(AccountSubscriber {
+                sender,
+                lost: Arc::clone(&lost),
+            });
+        AccountWatcher {
+            receiver,
+            lost,
+            notices: Arc::clone(self),
+            seen_generation: std::cell::Cell::new(self.generation.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Hands `names` (and `All` when `lost`) to every watcher, then bumps the
+    /// generation: a watcher that sees the new generation finds the notices.
+    fn publish(&self, lost: bool, names: &[String]) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        watchers.retain(|watcher| {
+            let changes = lost
+                .then_some(AccountChange::All)
+                .into_iter()
+                .chain(names.iter().cloned().map(AccountChange::Account));
+            for change in changes {
+                match watcher.sender.try_send(change) {
+                    Ok(()) => {}
+                    Err(flume::TrySendError::Full(_)) => {
+                        watcher.lost.store(true, Ordering::Release);
+                        break;
+                    }
+                    Err(flume::TrySendError::Disconnected(_)) => return false,
+                }
+            }
+            true
+        });
+        drop(watchers);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// One consumer's view of account changes applied on this node (one per
+/// connection core). Not shared: each watcher gets every notice.
+pub struct AccountWatcher {
+    receiver: flume::Receiver<AccountChange>,
+    lost: Arc<AtomicBool>,
+    notices: Arc<AccountNotices>,
+    seen_generation: std::cell::Cell<u64>,
+}
+
+impl AccountWatcher {
+    /// Whether anything was published since the last [`drain`]: one atomic
+    /// load, cheap enough to ask before every cache lookup. A change applied
+    /// before a proposal's reply was sent is always seen.
+    ///
+    /// [`drain`]: AccountWatcher::drain
+    pub fn has_news(&self) -> bool {
+        self.notices.generation.load(Ordering::Acquire) != self.seen_generation.get()
+    }
+
+    /// Hands every notice waiting to `each` (`All` first when notices were
+    /// dropped). Bounded by the queue's capacity.
+    pub fn drain(&self, mut each: impl FnMut(AccountChange)) {
+        self.seen_generation
+            .set(self.notices.generation.load(Ordering::Acquire));
+        if self.lost.swap(false, Ordering::AcqRel) {
+            each(AccountChange::All);
+        }
+        for change in self.receiver.try_iter().take(ACCOUNT_NOTICE_CAPACITY) {
+            each(change);
+        }
+    }
+
+    /// Waits for the next notice; `None` once the store stopped.
+    pub async fn next(&self) -> Option<AccountChange> {
+        self.receiver.recv_async().await.ok()
     }
 }
 
@@ -490,6 +613,13 @@ impl StoreHandle {
         &self.delivery
     }
 
+    /// A new watcher of the accounts written or removed on this node from
+    /// now on (each connection core keeps one, to close the binds and drop
+    /// the cached keys of an account that changed).
+    pub fn watch_accounts(&self) -> AccountWatcher {
+        self.accounts.subscribe()
+    }
+
     /// A message that left the hot state (see `retention`), from this node's
     /// archive: `Ok(None)` when the archive holds no such id. Look in the
     /// state first (`query` + `AppState::message`): a message still hot is
@@ -526,6 +656,9 @@ struct NodeState {
     /// Reused buffer for draining.
     drained: Vec<Effect>,
     archive: Option<ArchiveFeed>,
+    accounts: Arc<AccountNotices>,
+    /// Reused buffer for draining account changes.
+    changed_accounts: Vec<String>,
 }
 
 impl NodeState {
@@ -552,6 +685,19 @@ impl NodeState {
     }
 }
 
+impl NodeState {
+    /// Runs before the replies of the batch go out, so a caller whose
+    /// account change committed finds every watcher told.
+    fn forward_account_changes(&mut self) {
+        let complete = self.state.drain_account_changes(&mut self.changed_accounts);
+        if complete && self.changed_accounts.is_empty() {
+            return;
+        }
+        self.accounts.publish(!complete, &self.changed_accounts);
+        self.changed_accounts.clear();
+    }
+}
+
 impl StateMachine for NodeState {
     type Output = ApplyOutcome;
 
@@ -559,6 +705,7 @@ impl StateMachine for NodeState {
         let outputs = self.state.apply(index, commands);
         self.forward_effects();
         self.forward_removed();
+        self.forward_account_changes();
         outputs
     }
 
@@ -573,6 +720,7 @@ impl StateMachine for NodeState {
     fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), StoreError> {
         let restored = self.state.restore(index, snapshot);
         self.forward_effects();
+        self.forward_account_changes();
         restored
     }
 }
@@ -597,6 +745,8 @@ impl Store {
         let (dispatch_tx, dispatch) = EffectSender::queue(EFFECT_QUEUE_CAPACITY);
         let (delivery_tx, delivery) = EffectSender::queue(EFFECT_QUEUE_CAPACITY);
         let effects = (dispatch_tx, delivery_tx);
+        let accounts = Arc::new(AccountNotices::new());
+        let thread_accounts = Arc::clone(&accounts);
         let (archive_feed, archive, archive_worker) = match &config.retention {
             Some(retention) => {
                 let (feed, handle, worker) = start_archive(
@@ -620,6 +770,7 @@ impl Store {
                     thread_fence,
                     effects,
                     (archive_feed, stats_archive),
+                    thread_accounts,
                 );
                 let mut driver = match recovered {
                     Ok(driver) => {
@@ -647,6 +798,7 @@ impl Store {
                     dispatch,
                     delivery,
                     archive,
+                    accounts,
                 },
                 thread: Some(thread),
                 archive_worker,
@@ -769,6 +921,7 @@ impl Driver {
         fence: Arc<NodeFence>,
         effects: (EffectSender, EffectSender),
         archive: (Option<ArchiveFeed>, Option<ArchiveHandle>),
+        accounts: Arc<AccountNotices>,
     ) -> Result<Driver, StoreError> {
         fs::create_dir_all(&config.data_dir)?;
         let incarnation = next_incarnation(&config.data_dir)?;
@@ -792,6 +945,8 @@ impl Driver {
             delivery: effects.1,
             drained: Vec::new(),
             archive: archive.0,
+            accounts,
+            changed_accounts: Vec::new(),
         };
         if state.archive.is_some() {
             state.state.keep_removed();
@@ -2051,6 +2206,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn account_watchers_are_told_before_the_reply() {
+        let dir = temp_dir("accounts");
+        let store = single_node(&dir);
+        let handle = store.handle();
+        let first = handle.watch_accounts();
+        let second = handle.watch_accounts();
+        assert!(!first.has_news());
+        assert_eq!(
+            handle.propose_blocking(filler_account_command()),
+            Ok(ApplyOutcome::Applied)
+        );
+        // The reply came after apply: both watchers already see the change.
+        for watcher in [&first, &second] {
+            assert!(watcher.has_news());
+            let mut seen = Vec::new();
+            watcher.drain(|change| seen.push(change));
+            assert_eq!(seen, vec![AccountChange::Account(FILLER_ACCOUNT.into())]);
+            assert!(!watcher.has_news());
+        }
+        // Messages are not account changes.
+        assert!(matches!(
+            handle.propose_blocking(filler_command(0, 1, 200)),
+            Ok(ApplyOutcome::Accepted(_))
+        ));
+        assert!(!first.has_news());
+        drop(second);
+        let removal = Command::RemoveAccount {
+            name: FILLER_ACCOUNT.into(),
+        };
+        assert_eq!(
+            handle.propose_blocking(removal.encode()),
+            Ok(ApplyOutcome::Applied)
+        );
+        assert_eq!(
+            block_on(first.next()),
+            Some(AccountChange::Account(FILLER_ACCOUNT.into()))
+        );
+        store.shutdown().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

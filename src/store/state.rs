@@ -391,6 +391,10 @@ pub enum Effect {
     },
 }
 
+/// Account changes kept until drained; beyond this they are dropped and the
+/// consumer is told that any account may have changed.
+pub const MAX_BUFFERED_ACCOUNT_CHANGES: usize = 1024;
+
 /// Effects kept until drained; beyond this the oldest are dropped and the
 /// consumer is told to rescan (`owned_unsubmitted`, `deliveries_for_node`).
 pub const MAX_BUFFERED_EFFECTS: usize = 1 << 20;
@@ -433,6 +437,10 @@ pub struct AppState {
     /// `None` (the default) keeps nothing. Node-local like `effects`.
     removed: Option<Vec<Arc<Message>>>,
     retention: RetentionStats,
+    /// Accounts written or removed since the last drain, for the node's
+    /// sessions and key caches (node-local like `effects`).
+    changed_accounts: Vec<String>,
+    changed_accounts_lost: bool,
 }
 
 fn snapshot_codec() -> impl Options {
@@ -760,6 +768,24 @@ impl AppState {
         !std::mem::take(&mut self.effects_lost)
     }
 
+    /// Moves the names of accounts written or removed since the last call
+    /// into `out` (appending). Returns `false` if some were dropped (buffer
+    /// full or state restored): any account may then have changed.
+    pub fn drain_account_changes(&mut self, out: &mut Vec<String>) -> bool {
+        out.append(&mut self.changed_accounts);
+        !std::mem::take(&mut self.changed_accounts_lost)
+    }
+
+    fn note_account_change(&mut self, name: &str) {
+        if self.changed_accounts.len() >= MAX_BUFFERED_ACCOUNT_CHANGES {
+            self.changed_accounts.clear();
+            self.changed_accounts_lost = true;
+        }
+        if !self.changed_accounts_lost {
+            self.changed_accounts.push(name.to_string());
+        }
+    }
+
     fn emit(&mut self, effect: Effect) {
         if self.effects.len() >= MAX_BUFFERED_EFFECTS {
             // Undrained for long: drop the buffer, not the process.
@@ -807,9 +833,16 @@ impl AppState {
                 self.core.accounts.insert(name.clone(), account);
                 // A webhook added to an account lets its waiting deliveries go.
                 self.retarget_waiting(&name);
+                self.note_account_change(&name);
                 ApplyOutcome::Applied
             }
-            Command::RemoveAccount { name } => removed(self.core.accounts.remove(&name)),
+            Command::RemoveAccount { name } => {
+                let outcome = removed(self.core.accounts.remove(&name));
+                if matches!(outcome, ApplyOutcome::Applied) {
+                    self.note_account_change(&name);
+                }
+                outcome
+            }
             Command::UpsertConnector(connector) => {
                 self.core
                     .connectors
@@ -1786,6 +1819,8 @@ impl StateMachine for AppState {
         // Work handed out before the restore may be stale; consumers rescan.
         self.effects.clear();
         self.effects_lost = true;
+        self.changed_accounts.clear();
+        self.changed_accounts_lost = true;
         self.core = core;
         Ok(())
     }
@@ -1968,6 +2003,41 @@ mod tests {
         let mut state = AppState::new();
         run(&mut state, &[Command::UpsertAccount(account("acme"))]);
         state
+    }
+
+    #[test]
+    fn account_writes_and_removals_are_announced() {
+        let mut state = with_account();
+        let mut changed = Vec::new();
+        assert!(state.drain_account_changes(&mut changed));
+        assert_eq!(changed, vec!["acme".to_string()]);
+        changed.clear();
+        run(
+            &mut state,
+            &[
+                Command::RemoveAccount {
+                    name: "acme".into(),
+                },
+                // Removing what is not there changes nothing.
+                Command::RemoveAccount {
+                    name: "acme".into(),
+                },
+            ],
+        );
+        assert!(state.drain_account_changes(&mut changed));
+        assert_eq!(changed, vec!["acme".to_string()]);
+        changed.clear();
+        for i in 0..=MAX_BUFFERED_ACCOUNT_CHANGES {
+            run(
+                &mut state,
+                &[Command::UpsertAccount(account(&format!("a{i}")))],
+            );
+        }
+        assert!(
+            !state.drain_account_changes(&mut changed),
+            "an overflow says that any account may have changed"
+        );
+        assert!(state.drain_account_changes(&mut changed));
     }
 
     #[test]

@@ -286,6 +286,17 @@ pub fn build(
     })?;
     let resolved = Config::parse(&text, "request body").map_err(|e| field_error(kind, &e))?;
     let config = resolved.config;
+    if let Some(account) = config.accounts.first() {
+        if usize::try_from(account.window).map_or(true, |w| w > crate::engine::MAX_WINDOW) {
+            return Err(FieldError::new(
+                "window",
+                format!(
+                    "must be at most {} (requests one bind may have awaiting an answer)",
+                    crate::engine::MAX_WINDOW
+                ),
+            ));
+        }
+    }
     let record = match kind {
         Kind::Account => config
             .accounts
