@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub http: HttpSection,
     #[serde(default)]
+    pub webhook: WebhookSection,
+    #[serde(default)]
     pub log: LogSection,
 }
 
@@ -404,6 +406,16 @@ impl Default for UpstreamSection {
     }
 }
 
+/// How this node sends webhooks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    /// A PEM bundle of CA certificates trusted for `https://` webhooks on
+    /// top of the built-in web roots (receivers under a private CA); "" =
+    /// the web roots only. Read once at start.
+    pub ca_file: String,
+}
+
 /// What log lines may show.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -455,6 +467,9 @@ pub struct Resolved {
     pub http_listen: Option<SocketAddr>,
     /// Where the admin API listens when apart from `http_listen`.
     pub http_admin_listen: Option<SocketAddr>,
+    /// TLS client settings of `https://` webhooks: the web roots plus
+    /// `webhook.ca_file`, read when the configuration was checked.
+    pub webhook_tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Config {
@@ -492,6 +507,7 @@ impl Config {
                 admin_token: "trial-admin".into(),
                 ..HttpSection::default()
             },
+            webhook: WebhookSection::default(),
             log: LogSection::default(),
         }
     }
@@ -707,9 +723,13 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return Err(error("http.max_body_bytes", "must be at least 1024".into()));
         }
+        let ca_file = (!self.webhook.ca_file.is_empty()).then(|| Path::new(&self.webhook.ca_file));
+        let webhook_tls =
+            crate::engine::webhook::tls_config(ca_file).map_err(|m| error("webhook.ca_file", m))?;
         Ok(Resolved {
             http_listen,
             http_admin_listen,
+            webhook_tls,
             config: self,
             smpp_listen,
             store_listen,

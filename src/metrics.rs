@@ -116,16 +116,18 @@ pub enum Counter {
     WebhookAttempts,
     WebhookSuccesses,
     WebhookFailures,
+    WebhookDropped,
 }
 
 impl Counter {
-    const ALL: [Counter; 6] = [
+    const ALL: [Counter; 7] = [
         Counter::MessagesFailed,
         Counter::MessagesExpired,
         Counter::Fsyncs,
         Counter::WebhookAttempts,
         Counter::WebhookSuccesses,
         Counter::WebhookFailures,
+        Counter::WebhookDropped,
     ];
     fn describe(self) -> (&'static str, &'static str) {
         match self {
@@ -152,6 +154,10 @@ impl Counter {
             Counter::WebhookFailures => (
                 "tern_webhook_failures_total",
                 "Webhook POSTs answered otherwise, timed out or not connected (each is retried).",
+            ),
+            Counter::WebhookDropped => (
+                "tern_webhook_dropped_total",
+                "Webhook retries dropped because the store no longer owes them (message purged by retention).",
             ),
         }
     }
@@ -1261,6 +1267,11 @@ pub fn webhook_succeeded(account: &str, kind: crate::store::state::DeliveryKind)
 /// A webhook POST failed (status, timeout or connection); it is retried.
 pub fn webhook_failed() {
     global().inc(Counter::WebhookFailures);
+}
+
+/// A webhook retry was dropped: the store no longer owes the delivery.
+pub fn webhook_dropped() {
+    global().inc(Counter::WebhookDropped);
 }
 
 pub fn count(counter: Counter) {
