@@ -1052,6 +1052,32 @@ mod tests {
     }
 
     #[test]
+    fn webhook_ca_file_is_read_at_check_and_a_bad_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let text = format!("[webhook]\nca_file = \"{}\"\n", missing.display());
+        let e = Config::parse(&text, "w.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("webhook.ca_file"), "{e}");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("w.toml") && shown.contains("nope.pem"),
+            "{shown}"
+        );
+        let e = Config::parse("[webhook]\nca_path = \"x\"\n", "w.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ca_path"), "{e}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["tern-test-ca".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        let text = format!("[webhook]\nca_file = \"{}\"\n", good.display());
+        let ok = Config::parse(&text, "w.toml").unwrap();
+        assert_eq!(ok.config.webhook.ca_file, good.display().to_string());
+        let https = "[[account]]\nsystem_id = \"a\"\npassword = \"p\"\n\
+                     webhook_url = \"https://hooks.example/dlr\"\n";
+        assert!(Config::parse(https, "w.toml").is_ok(), "https:// accepted");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_the_file() {
         let e =
             Config::parse("[smpp]\nlisten = \"127.0.0.1:1\"\nwindw = 3\n", "x.toml").unwrap_err();

@@ -1184,9 +1184,10 @@ mod tests {
         assert!(!rescan.active);
     }
 
-    #[test]
-    fn load_reads_a_queued_dlr() {
-        use crate::store::command::{Accept, Account, BindKind, Receipt as StoreReceipt};
+    /// A state on node 1 owing the DLR of one finished message of `acme`
+    /// (received at 1 000 ms), whose account has `webhook_url`.
+    fn state_owing_a_dlr(webhook_url: Option<&str>) -> (AppState, MessageId) {
+        use crate::store::command::{Accept, Account, Receipt as StoreReceipt};
         let mut state = AppState::new();
         let id = MessageId::from_parts(1, 1, 0, 1).unwrap();
         let account = Account {
@@ -1198,7 +1199,7 @@ mod tests {
             allowed_senders: Vec::new(),
             retention_s: 0,
             enabled: true,
-            webhook_url: None,
+            webhook_url: webhook_url.map(str::to_string),
             api_key_hash: None,
             webhook_secret: None,
             window: 0,
@@ -1245,6 +1246,13 @@ mod tests {
         for command in commands {
             state.apply_command(command);
         }
+        (state, id)
+    }
+
+    #[test]
+    fn load_reads_a_queued_dlr() {
+        use crate::store::command::BindKind;
+        let (mut state, id) = state_owing_a_dlr(None);
         let pending = state.pending_delivery(&id).cloned().unwrap();
         assert_eq!(pending.target, None, "no receiving bind: the DLR waits");
         state.apply_command(Command::BindOpened {
@@ -1425,6 +1433,114 @@ mod tests {
         assert!(ledger.claim([id(1)].into_iter()).is_empty(), "in hand once");
         ledger.committed(id(1), true);
         assert!(ledger.tracked.is_empty());
+    }
+
+    #[test]
+    fn a_webhook_whose_message_retention_purged_is_no_longer_owed() {
+        let (mut state, id) = state_owing_a_dlr(Some("https://hooks.example/dlr"));
+        let pending = state.pending_delivery(&id).cloned().unwrap();
+        assert_eq!(pending.target, Some(1), "a webhook account needs no bind");
+        assert!(still_owed(&state, 1, id, DeliveryKind::Dlr));
+        assert!(!still_owed(&state, 2, id, DeliveryKind::Dlr), "aimed at node 1");
+        assert!(!still_owed(&state, 1, id, DeliveryKind::Mo), "a DLR, not an MO");
+        let loaded = load(&state, id, &pending).unwrap();
+        assert!(matches!(loaded.material, Material::Webhook(_)), "{loaded:?}");
+
+        state.apply_command(Command::Purge {
+            before_ms: 2_000,
+            account: None,
+        });
+        assert!(state.message(&id).is_none(), "retention took the message");
+        assert!(
+            !still_owed(&state, 1, id, DeliveryKind::Dlr),
+            "its webhook goes with it: a due retry is dropped, not sent"
+        );
+        assert_eq!(state.counters().purged_deliveries, 1);
+
+        // The hub lets the dropped delivery go and its room frees.
+        let mut ledger = Ledger {
+            webhooks: true,
+            ..Ledger::default()
+        };
+        ledger.take_loaded(vec![loaded]);
+        assert_eq!(ledger.webhooks_in_hand, 1);
+        ledger.untrack(id);
+        assert_eq!(ledger.webhooks_in_hand, 0);
+        assert!(ledger.tracked.is_empty());
+    }
+
+    fn webhook_loaded(counter: u64) -> Loaded {
+        Loaded {
+            id: MessageId::from_parts(4, 1, 0, counter).unwrap(),
+            kind: DeliveryKind::Dlr,
+            account: "http-customer".into(),
+            material: Material::Webhook(webhook::Prepared {
+                target: webhook::Target {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    secret: None,
+                },
+                facts: webhook::Facts::Dlr(webhook::DlrFacts {
+                    from: "TERN".into(),
+                    to: "447700900123".into(),
+                    client_ref: None,
+                    message_state: 2,
+                    error_code: 0,
+                    connector: None,
+                    operator_id: None,
+                    accepted_at_ms: 0,
+                    submitted_at_ms: None,
+                    done_at_ms: None,
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_full_webhook_budget_does_not_stop_smpp_deliveries() {
+        let (mut ledger, inboxes) = ledger_with(&[("acme", 1, 4)]);
+        ledger.webhooks = true;
+        let webhooks: Vec<Loaded> = (0..MAX_WEBHOOKS_IN_HAND as u64)
+            .map(webhook_loaded)
+            .collect();
+        ledger.take_loaded(webhooks);
+        assert_eq!(ledger.webhooks_in_hand, MAX_WEBHOOKS_IN_HAND);
+        assert_eq!(ledger.webhook_room(), 0);
+        ledger.webhook_out.clear();
+        // One more webhook stays in the store, remembered as a backlog.
+        let extra = webhook_loaded(MAX_WEBHOOKS_IN_HAND as u64);
+        let extra_id = extra.id;
+        ledger.take_loaded(vec![extra]);
+        assert!(!ledger.tracked.contains_key(&extra_id));
+        assert!(ledger.webhook_out.is_empty());
+        assert!(ledger.webhook_backlog);
+
+        // An SMPP delivery is still claimed, loaded and handed to its bind.
+        let smpp_id = MessageId::from_parts(2, 1, 0, 1).unwrap();
+        assert!(ledger.has_room());
+        assert_eq!(ledger.claim([smpp_id].into_iter()), vec![smpp_id]);
+        ledger.untrack(smpp_id);
+        ledger.take_loaded(vec![Loaded {
+            id: smpp_id,
+            kind: DeliveryKind::Dlr,
+            account: "acme".into(),
+            material: dlr_material(b"x", 0, 0),
+        }]);
+        ledger.pump();
+        assert_eq!(ledger.tracked[&smpp_id], Place::Session(1));
+        assert_eq!(inboxes[0].try_recv().unwrap().id, smpp_id);
+        assert!(!ledger.rescan.active, "nothing waited for SMPP room");
+
+        // Webhooks acknowledged and committed free their room; once half the
+        // budget is free the backlog is fetched by a rescan.
+        for counter in 0..(MAX_WEBHOOKS_IN_HAND / 2) as u64 {
+            let id = webhook_loaded(counter).id;
+            ledger.place(id, Place::Committing);
+            assert_eq!(ledger.rescan.active, counter + 1 == MAX_WEBHOOKS_IN_HAND as u64 / 2);
+            ledger.committed(id, true);
+        }
+        assert_eq!(ledger.webhooks_in_hand, MAX_WEBHOOKS_IN_HAND / 2);
+        assert!(ledger.rescan.active, "the waiting webhooks are loaded again");
+        assert!(!ledger.webhook_backlog);
     }
 
     #[test]

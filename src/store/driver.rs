@@ -1846,7 +1846,10 @@ mod tests {
         }
         drop(jobs_tx);
         answering.join().unwrap();
-        assert_eq!(lost, 0, "answers taken for a stopped store out of {REPLIES}");
+        assert_eq!(
+            lost, 0,
+            "answers taken for a stopped store out of {REPLIES}"
+        );
     }
 
     #[test]
