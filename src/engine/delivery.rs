@@ -1441,10 +1441,19 @@ mod tests {
         let pending = state.pending_delivery(&id).cloned().unwrap();
         assert_eq!(pending.target, Some(1), "a webhook account needs no bind");
         assert!(still_owed(&state, 1, id, DeliveryKind::Dlr));
-        assert!(!still_owed(&state, 2, id, DeliveryKind::Dlr), "aimed at node 1");
-        assert!(!still_owed(&state, 1, id, DeliveryKind::Mo), "a DLR, not an MO");
+        assert!(
+            !still_owed(&state, 2, id, DeliveryKind::Dlr),
+            "aimed at node 1"
+        );
+        assert!(
+            !still_owed(&state, 1, id, DeliveryKind::Mo),
+            "a DLR, not an MO"
+        );
         let loaded = load(&state, id, &pending).unwrap();
-        assert!(matches!(loaded.material, Material::Webhook(_)), "{loaded:?}");
+        assert!(
+            matches!(loaded.material, Material::Webhook(_)),
+            "{loaded:?}"
+        );
 
         state.apply_command(Command::Purge {
             before_ms: 2_000,
@@ -1535,11 +1544,17 @@ mod tests {
         for counter in 0..(MAX_WEBHOOKS_IN_HAND / 2) as u64 {
             let id = webhook_loaded(counter).id;
             ledger.place(id, Place::Committing);
-            assert_eq!(ledger.rescan.active, counter + 1 == MAX_WEBHOOKS_IN_HAND as u64 / 2);
+            assert_eq!(
+                ledger.rescan.active,
+                counter + 1 == MAX_WEBHOOKS_IN_HAND as u64 / 2
+            );
             ledger.committed(id, true);
         }
         assert_eq!(ledger.webhooks_in_hand, MAX_WEBHOOKS_IN_HAND / 2);
-        assert!(ledger.rescan.active, "the waiting webhooks are loaded again");
+        assert!(
+            ledger.rescan.active,
+            "the waiting webhooks are loaded again"
+        );
         assert!(!ledger.webhook_backlog);
     }
 
