@@ -85,6 +85,8 @@ const IDLE_PER_ORIGIN: usize = 8;
 const MAX_ORIGINS: usize = 64;
 /// Response bodies are read (for keep-alive) up to this and then dropped.
 const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
+/// Addresses of a webhook host tried in turn before an attempt fails.
+const MAX_ADDRESSES_TRIED: usize = 4;
 /// Longest webhook URL accepted.
 pub const MAX_URL_BYTES: usize = 2048;
 /// Certificates taken from `webhook.ca_file` at most (a CA bundle is a few
@@ -518,28 +520,46 @@ impl Pool {
     }
 }
 
-async fn resolve(endpoint: &Endpoint) -> Result<SocketAddr, AttemptError> {
+/// The host's addresses in the resolver's order, at most
+/// [`MAX_ADDRESSES_TRIED`] of them.
+async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, AttemptError> {
     if let Ok(ip) = endpoint.host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, endpoint.port));
+        return Ok(vec![SocketAddr::new(ip, endpoint.port)]);
     }
     // getaddrinfo blocks: off the reactor, on glommio's blocking pool.
     let name = (endpoint.host.clone(), endpoint.port);
-    glommio::executor()
+    let addrs = glommio::executor()
         .spawn_blocking(move || {
             name.to_socket_addrs()
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or_else(|| "no address".to_string())
+                .map(|addrs| addrs.take(MAX_ADDRESSES_TRIED).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())
         })
         .await
-        .map_err(AttemptError::Resolve)
+        .map_err(AttemptError::Resolve)?;
+    if addrs.is_empty() {
+        return Err(AttemptError::Resolve("no address".into()));
+    }
+    Ok(addrs)
+}
+
+/// A TCP connection to the first of the host's addresses that accepts
+/// ("localhost" may resolve to ::1 first while the receiver listens on
+/// 127.0.0.1 only).
+async fn connect_tcp(endpoint: &Endpoint) -> Result<glommio::net::TcpStream, AttemptError> {
+    let mut last_error = None;
+    for addr in resolve(endpoint).await? {
+        match glommio::net::TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e.into()),
+        }
+    }
+    Err(AttemptError::Connect(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+    })))
 }
 
 async fn connect(endpoint: &Endpoint, tls: &Arc<ClientConfig>) -> Result<Connection, AttemptError> {
-    let addr = resolve(endpoint).await?;
-    let stream = glommio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| AttemptError::Connect(e.into()))?;
+    let stream = connect_tcp(endpoint).await?;
     // Small requests: send each at once.
     let _ = stream.set_nodelay(true);
     match endpoint.scheme {
