@@ -315,6 +315,7 @@ struct Server {
     config: PathBuf,
     smpp_port: u16,
     store_port: u16,
+    http_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -343,6 +344,7 @@ impl Server {
             config,
             smpp_port: free_port(),
             store_port: free_port(),
+            http_port: free_port(),
             dir,
         };
         server.run(webhook_url, ca_file, extra);
@@ -355,7 +357,7 @@ impl Server {
             "[node]\ndata_dir = \"{data}\"\n\
              [smpp]\nlisten = \"127.0.0.1:{smpp_port}\"\n\
              [store]\nlisten = \"127.0.0.1:{store}\"\n\
-             [http]\nlisten = \"\"\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
              [webhook]\nca_file = \"{ca_file}\"\n\
              {extra}\
              [[account]]\nsystem_id = \"trial\"\npassword = \"trial\"\n\
@@ -364,6 +366,7 @@ impl Server {
             data = self.dir.path().join("data").display(),
             smpp_port = self.smpp_port,
             store = self.store_port,
+            http_port = self.http_port,
         );
         std::fs::write(&self.config, text).expect("write config");
         let _ = self.child.wait();
@@ -379,7 +382,21 @@ impl Server {
         let _ = self.child.wait();
         common::wait_closed(SocketAddr::from(([127, 0, 0, 1], self.smpp_port)));
         common::wait_closed(SocketAddr::from(([127, 0, 0, 1], self.store_port)));
+        common::wait_closed(SocketAddr::from(([127, 0, 0, 1], self.http_port)));
         self.run(webhook_url, ca_file, extra);
+    }
+
+    /// A counter of the node's /metrics, 0 when absent.
+    fn counter(&self, name: &str) -> u64 {
+        let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", self.http_port))
+            .call()
+            .expect("GET /metrics")
+            .into_string()
+            .expect("metrics text");
+        text.lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
     }
 
     fn log_text(&self) -> String {
@@ -603,6 +620,11 @@ fn https_without_the_ca_is_refused_and_the_receipt_stays_owed() {
         server.log_text()
     );
     let leaked = receiver.collect(1, Duration::from_millis(500));
+    assert!(
+        server.counter("tern_webhook_failures_total") >= 2,
+        "failed attempts are counted"
+    );
+    assert_eq!(server.counter("tern_webhook_successes_total"), 0);
     assert!(
         leaked.is_empty(),
         "a request without a verified certificate: {leaked:?}"

@@ -653,7 +653,7 @@ impl Hub {
             return;
         }
         let lookup = wanted.clone();
-        let mut webhook_room = self.ledger.webhook_room();
+        let mut webhook_room = self.ledger.webhook_load_limit();
         let loaded = self
             .store
             .query(move |state| {
@@ -689,7 +689,7 @@ impl Hub {
     async fn rescan_page(&mut self) {
         let node = self.node_id;
         let after = self.ledger.rescan.after;
-        let mut webhook_room = self.ledger.webhook_room();
+        let mut webhook_room = self.ledger.webhook_load_limit();
         let page = self
             .store
             .query(move |state| {
@@ -758,11 +758,13 @@ impl Hub {
             }
         };
         debug_assert_eq!(owed.len(), due.len(), "one answer per due retry");
+        let mut resent = false;
         for (job, owed) in due
             .into_iter()
             .zip(owed.into_iter().chain(std::iter::repeat(true)))
         {
             if owed {
+                resent = true;
                 self.webhooks.push(job);
             } else {
                 crate::metrics::webhook_dropped();
@@ -775,6 +777,10 @@ impl Hub {
                 self.ledger.untrack(job.id);
             }
         }
+        if resent {
+            // Out now, not at the next turn of the loop.
+            self.webhooks.poll();
+        }
     }
 }
 
@@ -784,9 +790,21 @@ impl Ledger {
         self.tracked.len().saturating_sub(self.webhooks_in_hand) < MAX_TRACKED
     }
 
-    /// Webhook deliveries that may still be loaded.
+    /// Webhook deliveries that may still be taken into hand.
     fn webhook_room(&self) -> usize {
         MAX_WEBHOOKS_IN_HAND.saturating_sub(self.webhooks_in_hand)
+    }
+
+    /// Webhook deliveries a store query may load: none with the budget
+    /// full; else the room plus those in hand, since a rescan page may load
+    /// those again (then skipped) and they must not use up the room of the
+    /// ones waiting. `take_loaded` keeps the exact budget.
+    fn webhook_load_limit(&self) -> usize {
+        if self.webhook_room() == 0 {
+            0
+        } else {
+            self.webhook_room() + self.webhooks_in_hand
+        }
     }
 
     /// Puts `id` at `place`, keeping the webhook count.
@@ -1514,6 +1532,7 @@ mod tests {
         ledger.take_loaded(webhooks);
         assert_eq!(ledger.webhooks_in_hand, MAX_WEBHOOKS_IN_HAND);
         assert_eq!(ledger.webhook_room(), 0);
+        assert_eq!(ledger.webhook_load_limit(), 0, "no webhook even loaded");
         ledger.webhook_out.clear();
         // One more webhook stays in the store, remembered as a backlog.
         let extra = webhook_loaded(MAX_WEBHOOKS_IN_HAND as u64);
@@ -1556,6 +1575,11 @@ mod tests {
             "the waiting webhooks are loaded again"
         );
         assert!(!ledger.webhook_backlog);
+        assert_eq!(
+            ledger.webhook_load_limit(),
+            MAX_WEBHOOKS_IN_HAND,
+            "a page may load those in hand again besides the room"
+        );
     }
 
     #[test]
