@@ -76,7 +76,8 @@ pub const ATTEMPT_TIMEOUT_MS: u64 = 10_000;
 /// First retry delay; doubled per attempt up to [`RETRY_MAX_MS`].
 pub const RETRY_BASE_MS: u64 = 1_000;
 /// Longest wait between two attempts: a receiver down for hours is asked
-/// every few minutes, never given up on (the store keeps the delivery).
+/// every few minutes, never given up on while the store owes the delivery
+/// (see the module header for what bounds that).
 pub const RETRY_MAX_MS: u64 = 300_000;
 /// Idle keep-alive connections kept per origin.
 const IDLE_PER_ORIGIN: usize = 8;
