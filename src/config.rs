@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub http: HttpSection,
     #[serde(default)]
+    pub webhook: WebhookSection,
+    #[serde(default)]
     pub log: LogSection,
 }
 
@@ -408,6 +410,16 @@ impl Default for UpstreamSection {
     }
 }
 
+/// How this node sends webhooks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    /// A PEM bundle of CA certificates trusted for `https://` webhooks on
+    /// top of the built-in web roots (receivers under a private CA); "" =
+    /// the web roots only. Read once at start.
+    pub ca_file: String,
+}
+
 /// What log lines may show.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -459,6 +471,9 @@ pub struct Resolved {
     pub http_listen: Option<SocketAddr>,
     /// Where the admin API listens when apart from `http_listen`.
     pub http_admin_listen: Option<SocketAddr>,
+    /// TLS client settings of `https://` webhooks: the web roots plus
+    /// `webhook.ca_file`, read when the configuration was checked.
+    pub webhook_tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Config {
@@ -496,6 +511,7 @@ impl Config {
                 admin_token: "trial-admin".into(),
                 ..HttpSection::default()
             },
+            webhook: WebhookSection::default(),
             log: LogSection::default(),
         }
     }
@@ -734,9 +750,13 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return Err(error("http.max_body_bytes", "must be at least 1024".into()));
         }
+        let ca_file = (!self.webhook.ca_file.is_empty()).then(|| Path::new(&self.webhook.ca_file));
+        let webhook_tls =
+            crate::engine::webhook::tls_config(ca_file).map_err(|m| error("webhook.ca_file", m))?;
         Ok(Resolved {
             http_listen,
             http_admin_listen,
+            webhook_tls,
             config: self,
             smpp_listen,
             store_listen,
@@ -1061,6 +1081,32 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("mask_personal_data"), "{e}");
         let e = Config::parse("[log]\nmask_phone = true\n", "x.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("mask_phone"), "{e}");
+    }
+
+    #[test]
+    fn webhook_ca_file_is_read_at_check_and_a_bad_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let text = format!("[webhook]\nca_file = \"{}\"\n", missing.display());
+        let e = Config::parse(&text, "w.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("webhook.ca_file"), "{e}");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("w.toml") && shown.contains("nope.pem"),
+            "{shown}"
+        );
+        let e = Config::parse("[webhook]\nca_path = \"x\"\n", "w.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ca_path"), "{e}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["tern-test-ca".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        let text = format!("[webhook]\nca_file = \"{}\"\n", good.display());
+        let ok = Config::parse(&text, "w.toml").unwrap();
+        assert_eq!(ok.config.webhook.ca_file, good.display().to_string());
+        let https = "[[account]]\nsystem_id = \"a\"\npassword = \"p\"\n\
+                     webhook_url = \"https://hooks.example/dlr\"\n";
+        assert!(Config::parse(https, "w.toml").is_ok(), "https:// accepted");
     }
 
     #[test]

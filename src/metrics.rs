@@ -125,10 +125,11 @@ pub enum Counter {
     WebhookSuccesses,
     WebhookFailures,
     BindsRevoked,
+    WebhookDropped,
 }
 
 impl Counter {
-    const ALL: [Counter; 7] = [
+    const ALL: [Counter; 8] = [
         Counter::MessagesFailed,
         Counter::MessagesExpired,
         Counter::Fsyncs,
@@ -136,6 +137,7 @@ impl Counter {
         Counter::WebhookSuccesses,
         Counter::WebhookFailures,
         Counter::BindsRevoked,
+        Counter::WebhookDropped,
     ];
     fn describe(self) -> (&'static str, &'static str) {
         match self {
@@ -166,6 +168,10 @@ impl Counter {
             Counter::BindsRevoked => (
                 "tern_binds_revoked_total",
                 "Customer binds closed because their account was removed, disabled or its password changed.",
+            ),
+            Counter::WebhookDropped => (
+                "tern_webhook_dropped_total",
+                "Webhook retries dropped because the store no longer owes them (message purged by retention).",
             ),
         }
     }
@@ -1433,6 +1439,11 @@ pub fn webhook_succeeded(account: &str, kind: crate::store::state::DeliveryKind)
 /// A webhook POST failed (status, timeout or connection); it is retried.
 pub fn webhook_failed() {
     global().inc(Counter::WebhookFailures);
+}
+
+/// A webhook retry was dropped: the store no longer owes the delivery.
+pub fn webhook_dropped() {
+    global().inc(Counter::WebhookDropped);
 }
 
 pub fn count(counter: Counter) {

@@ -25,10 +25,17 @@
 //! same delivery being sent again later: customers may see duplicates (same
 //! receipted_message_id) and must treat them as such. Nothing is lost.
 //!
-//! Bounds: the hub tracks at most [`MAX_TRACKED`] deliveries (loaded,
-//! queued, in a session, retrying, committing or parked); beyond that effects
-//! are dropped and a rescan of the store picks the rest up once room frees.
-//! Sessions get at most their window's worth of deliveries at once.
+//! Bounds: the hub tracks at most [`MAX_TRACKED`] SMPP deliveries (loaded,
+//! queued, in a session, retrying, committing or parked) and, apart from
+//! them, at most [`MAX_WEBHOOKS_IN_HAND`] webhook deliveries (with the
+//! webhook sender, which retries them until a 2xx): a dead webhook receiver
+//! with a large backlog fills only its own budget, and deliver_sm keep
+//! loading. Beyond either bound deliveries stay owed in the store (effects
+//! are dropped, webhook deliveries are not even loaded) and a rescan picks
+//! them up once room frees. Sessions get at most their window's worth of
+//! deliveries at once. A webhook retry is sent only if the store still owes
+//! it here ([`still_owed`]): one whose message retention purged meanwhile is
+//! dropped and counted instead.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,8 +57,11 @@ use crate::store::state::{AppState, ApplyOutcome, DeliveryKind, Effect, PendingD
 
 use super::webhook;
 
-/// Deliveries the hub keeps in hand at once (every state).
+/// SMPP deliveries (and ids being loaded) the hub keeps in hand at once.
 pub const MAX_TRACKED: usize = 65_536;
+/// Webhook deliveries the hub keeps in hand at once (with the sender:
+/// sending or waiting for a retry), apart from [`MAX_TRACKED`].
+pub const MAX_WEBHOOKS_IN_HAND: usize = 8192;
 /// Events from sessions and commits queued towards the hub.
 pub const HUB_INBOX_CAPACITY: usize = 4096;
 /// Deliveries loaded from the store by one rescan query.
@@ -173,6 +183,35 @@ pub struct Loaded {
     pub kind: DeliveryKind,
     pub account: String,
     pub material: Material,
+}
+
+/// Whether the store still owes delivery `id` (of `kind`) from this node: a
+/// webhook retry is sent only then (on the store thread). No longer owed:
+/// delivered (acknowledged meanwhile), its message purged by retention, or
+/// re-aimed at another node.
+pub fn still_owed(state: &AppState, node: u64, id: MessageId, kind: DeliveryKind) -> bool {
+    state
+        .pending_delivery(&id)
+        .is_some_and(|pending| pending.kind == kind && pending.target == Some(node))
+}
+
+/// [`load`] within the webhook room left: a webhook delivery beyond it is
+/// not loaded (it stays in the store) and `skipped` says so.
+fn load_within(
+    state: &AppState,
+    id: MessageId,
+    pending: &PendingDelivery,
+    webhook_room: &mut usize,
+    skipped: &mut bool,
+) -> Option<Loaded> {
+    if webhook::takes_webhooks(state, &pending.account) {
+        if *webhook_room == 0 {
+            *skipped = true;
+            return None;
+        }
+        *webhook_room -= 1;
+    }
+    load(state, id, pending)
 }
 
 /// Reads what delivery `id` needs from the state (on the store thread).
@@ -374,6 +413,8 @@ pub fn retry_delay_ms(attempts: u32) -> u64 {
 /// What the hub needs to start (built by the engine, run on one core).
 pub struct HubStart {
     pub node_id: u64,
+    /// TLS client settings of `https://` webhooks (`webhook::tls_config`).
+    pub webhook_tls: Arc<rustls::ClientConfig>,
     pub store: StoreHandle,
     pub inbox: flume::Receiver<HubEvent>,
     pub link: DeliveryLink,
@@ -422,6 +463,11 @@ struct Ledger {
     retrying: BTreeMap<(u64, MessageId), Job>,
     parked: HashMap<String, Vec<MessageId>>,
     tracked: HashMap<MessageId, Place>,
+    /// Entries of `tracked` at `Place::Webhook` (their own budget).
+    webhooks_in_hand: usize,
+    /// Webhook deliveries were left in the store for want of room: rescan
+    /// once enough room freed.
+    webhook_backlog: bool,
     rescan: Rescan,
     /// Webhook deliveries can go out from here (any node can send them), so
     /// loading is worth it even with no receiving bind.
@@ -451,6 +497,7 @@ enum Wake {
 pub async fn run_hub(start: HubStart) {
     let HubStart {
         node_id,
+        webhook_tls,
         store,
         inbox,
         link,
@@ -460,7 +507,7 @@ pub async fn run_hub(start: HubStart) {
     let mut hub = Hub {
         node_id,
         store,
-        webhooks: webhook::Sender::new(link.clone()),
+        webhooks: webhook::Sender::new(link.clone(), webhook_tls),
         link,
         ledger: Ledger {
             webhooks: true,
@@ -487,6 +534,7 @@ pub async fn run_hub(start: HubStart) {
             hub.webhooks.push(job);
         }
         hub.webhooks.poll();
+        hub.check_due_webhooks().await;
         let wait = if hub.ledger.wants_rescan_page() {
             Duration::ZERO
         } else {
@@ -558,7 +606,7 @@ impl Hub {
             }
             HubEvent::Closed { session } => self.ledger.closed(session),
             HubEvent::Acked { id, kind } => {
-                self.ledger.tracked.insert(id, Place::Committing);
+                self.ledger.place(id, Place::Committing);
                 let command = match kind {
                     DeliveryKind::Dlr => Command::DlrDelivered { id },
                     DeliveryKind::Mo => Command::MoDelivered { id },
@@ -605,23 +653,32 @@ impl Hub {
             return;
         }
         let lookup = wanted.clone();
+        let mut webhook_room = self.ledger.webhook_load_limit();
         let loaded = self
             .store
             .query(move |state| {
-                lookup
+                let mut skipped = false;
+                let loaded = lookup
                     .iter()
                     .filter_map(|id| {
                         let pending = state.pending_delivery(id)?;
-                        (pending.target == Some(node)).then(|| load(state, *id, pending))?
+                        if pending.target != Some(node) {
+                            return None;
+                        }
+                        load_within(state, *id, pending, &mut webhook_room, &mut skipped)
                     })
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                (loaded, skipped)
             })
             .await;
         for id in &wanted {
-            self.ledger.tracked.remove(id);
+            self.ledger.untrack(*id);
         }
         match loaded {
-            Ok(loaded) => self.ledger.take_loaded(loaded),
+            Ok((loaded, skipped)) => {
+                self.ledger.webhook_backlog |= skipped;
+                self.ledger.take_loaded(loaded);
+            }
             Err(e) => {
                 tracing::warn!("loading deliveries failed: {e}; rescanning");
                 self.ledger.rescan.request();
@@ -632,12 +689,14 @@ impl Hub {
     async fn rescan_page(&mut self) {
         let node = self.node_id;
         let after = self.ledger.rescan.after;
+        let mut webhook_room = self.ledger.webhook_load_limit();
         let page = self
             .store
             .query(move |state| {
                 let mut last = None;
                 let mut count = 0;
                 let mut loaded = Vec::new();
+                let mut skipped = false;
                 // A seek to `after`: a pass over n deliveries costs
                 // O(n log n), not the O(n^2 / page) of walking from the start.
                 for (id, pending) in state
@@ -646,15 +705,18 @@ impl Hub {
                 {
                     last = Some(id);
                     count += 1;
-                    if let Some(l) = load(state, id, pending) {
+                    if let Some(l) =
+                        load_within(state, id, pending, &mut webhook_room, &mut skipped)
+                    {
                         loaded.push(l);
                     }
                 }
-                (loaded, last, count == RESCAN_PAGE)
+                (loaded, last, count == RESCAN_PAGE, skipped)
             })
             .await;
         match page {
-            Ok((loaded, last, full)) => {
+            Ok((loaded, last, full, skipped)) => {
+                self.ledger.webhook_backlog |= skipped;
                 let fresh = loaded
                     .into_iter()
                     .filter(|l| !self.ledger.tracked.contains_key(&l.id))
@@ -667,9 +729,114 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Due webhook retries go out again only if the store still owes them
+    /// here; the others (their message purged by retention, say) are
+    /// dropped, counted and logged once, and their room freed.
+    async fn check_due_webhooks(&mut self) {
+        let due = self.webhooks.take_due();
+        if due.is_empty() {
+            return;
+        }
+        let node = self.node_id;
+        let keys: Vec<(MessageId, DeliveryKind)> = due.iter().map(|j| (j.id, j.kind)).collect();
+        let owed = self
+            .store
+            .query(move |state| {
+                keys.iter()
+                    .map(|(id, kind)| still_owed(state, node, *id, *kind))
+                    .collect::<Vec<bool>>()
+            })
+            .await;
+        let owed = match owed {
+            Ok(owed) => owed,
+            Err(e) => {
+                // Unknown: send them; a delivery no longer owed is at worst
+                // sent once more (the commit after a 2xx is then ignored).
+                tracing::warn!("checking due webhook retries failed: {e}");
+                vec![true; due.len()]
+            }
+        };
+        debug_assert_eq!(owed.len(), due.len(), "one answer per due retry");
+        let mut resent = false;
+        for (job, owed) in due
+            .into_iter()
+            .zip(owed.into_iter().chain(std::iter::repeat(true)))
+        {
+            if owed {
+                resent = true;
+                self.webhooks.push(job);
+            } else {
+                crate::metrics::webhook_dropped();
+                tracing::info!(
+                    id = %job.id,
+                    account = job.account.as_str(),
+                    attempts = job.attempts,
+                    "webhook dropped: the store no longer owes it here (its message was purged, delivered or re-aimed)"
+                );
+                self.ledger.untrack(job.id);
+            }
+        }
+        if resent {
+            // Out now, not at the next turn of the loop.
+            self.webhooks.poll();
+        }
+    }
+}
+
 impl Ledger {
+    /// Room for SMPP deliveries: webhooks in hand have their own budget.
     fn has_room(&self) -> bool {
-        self.tracked.len() < MAX_TRACKED
+        self.tracked.len().saturating_sub(self.webhooks_in_hand) < MAX_TRACKED
+    }
+
+    /// Webhook deliveries that may still be taken into hand.
+    fn webhook_room(&self) -> usize {
+        MAX_WEBHOOKS_IN_HAND.saturating_sub(self.webhooks_in_hand)
+    }
+
+    /// Webhook deliveries a store query may load: none with the budget
+    /// full; else the room plus those in hand, since a rescan page may load
+    /// those again (then skipped) and they must not use up the room of the
+    /// ones waiting. `take_loaded` keeps the exact budget.
+    fn webhook_load_limit(&self) -> usize {
+        if self.webhook_room() == 0 {
+            0
+        } else {
+            self.webhook_room() + self.webhooks_in_hand
+        }
+    }
+
+    /// Puts `id` at `place`, keeping the webhook count.
+    fn place(&mut self, id: MessageId, place: Place) {
+        let before = self.tracked.insert(id, place);
+        self.count_webhook(before, Some(place));
+    }
+
+    /// Lets `id` go from the hub's hands (the store still has it if owed).
+    fn untrack(&mut self, id: MessageId) {
+        let before = self.tracked.remove(&id);
+        self.count_webhook(before, None);
+    }
+
+    fn count_webhook(&mut self, before: Option<Place>, after: Option<Place>) {
+        let was = before == Some(Place::Webhook);
+        let is = after == Some(Place::Webhook);
+        if was && !is {
+            debug_assert!(self.webhooks_in_hand > 0, "a webhook left hand twice");
+            self.webhooks_in_hand = self.webhooks_in_hand.saturating_sub(1);
+            // Half the budget free again: time to load what waits.
+            if self.webhook_backlog && self.webhooks_in_hand <= MAX_WEBHOOKS_IN_HAND / 2 {
+                self.webhook_backlog = false;
+                self.rescan.request();
+            }
+        } else if is && !was {
+            self.webhooks_in_hand += 1;
+            debug_assert!(
+                self.webhooks_in_hand <= MAX_WEBHOOKS_IN_HAND,
+                "webhooks in hand beyond their budget"
+            );
+        }
     }
 
     /// A rescan page is due now: asked for, room for it, and someone to send to.
@@ -692,7 +859,7 @@ impl Ledger {
     fn opened(&mut self, account: String, session: u64, jobs: flume::Sender<Job>) {
         // Deliveries parked after too many attempts get a new chance.
         for id in self.parked.remove(&account).unwrap_or_default() {
-            self.tracked.remove(&id);
+            self.untrack(id);
         }
         let entry = self.receivers.entry(account).or_default();
         entry.0.push(Receiver { session, jobs });
@@ -700,7 +867,7 @@ impl Ledger {
     }
 
     fn committed(&mut self, id: MessageId, cleared: bool) {
-        self.tracked.remove(&id);
+        self.untrack(id);
         if !cleared {
             // Still pending in the store: it goes out again (a duplicate).
             self.rescan.request();
@@ -724,7 +891,7 @@ impl Ledger {
                 self.rescan.request();
                 break;
             }
-            self.tracked.insert(id, Place::Queued);
+            self.place(id, Place::Queued);
             wanted.push(id);
         }
         wanted
@@ -745,7 +912,7 @@ impl Ledger {
             self.receivers.remove(&account);
             // The store re-aims them (or lets them wait) once BindClosed commits.
             for job in self.ready.remove(&account).unwrap_or_default() {
-                self.tracked.remove(&job.id);
+                self.untrack(job.id);
             }
         }
         let before = self.tracked.len();
@@ -759,12 +926,12 @@ impl Ledger {
     fn retry_or_park(&mut self, job: Job, now_ms: u64) {
         if job.attempts >= MAX_ATTEMPTS {
             tracing::info!(id = %job.id, account = job.account.as_str(), "delivery parked until the account binds again");
-            self.tracked.insert(job.id, Place::Parked);
+            self.place(job.id, Place::Parked);
             self.parked.entry(job.account).or_default().push(job.id);
             return;
         }
         let due_ms = now_ms.saturating_add(retry_delay_ms(job.attempts));
-        self.tracked.insert(job.id, Place::Retrying);
+        self.place(job.id, Place::Retrying);
         self.retrying.insert((due_ms, job.id), job);
     }
 
@@ -782,10 +949,10 @@ impl Ledger {
     /// has no receiving bind here (the store keeps it).
     fn queue(&mut self, job: Job) {
         if !self.receivers.contains_key(&job.account) {
-            self.tracked.remove(&job.id);
+            self.untrack(job.id);
             return;
         }
-        self.tracked.insert(job.id, Place::Queued);
+        self.place(job.id, Place::Queued);
         self.ready
             .entry(job.account.clone())
             .or_default()
@@ -830,27 +997,35 @@ impl Ledger {
         }
         for account in gone {
             for job in self.ready.remove(&account).unwrap_or_default() {
-                self.tracked.remove(&job.id);
+                self.untrack(job.id);
             }
         }
         self.ready.retain(|_, queue| !queue.is_empty());
     }
 
+    /// Takes loaded deliveries into hand, each within its own budget: a
+    /// webhook delivery beyond [`MAX_WEBHOOKS_IN_HAND`] or an SMPP one beyond
+    /// [`MAX_TRACKED`] is let go (the store keeps it) and a rescan fetches
+    /// it once room frees.
     fn take_loaded(&mut self, loaded: Vec<Loaded>) {
         for item in loaded {
-            if !self.has_room() {
-                self.rescan.request();
-                return;
-            }
             let built = match item.material {
                 Material::Webhook(prepared) => {
-                    self.tracked.insert(item.id, Place::Webhook);
+                    if self.webhook_room() == 0 {
+                        self.webhook_backlog = true;
+                        continue;
+                    }
+                    self.place(item.id, Place::Webhook);
                     self.webhook_out.push(webhook::Job::new(
                         item.id,
                         item.kind,
                         item.account,
                         prepared,
                     ));
+                    continue;
+                }
+                _ if !self.has_room() => {
+                    self.rescan.request();
                     continue;
                 }
                 Material::Dlr { .. } => dlr_deliver_sm(item.id, &item.material),
@@ -866,7 +1041,7 @@ impl Ledger {
                 }),
                 Err(e) => {
                     tracing::error!(id = %item.id, "cannot build the deliver_sm: {e}; parked");
-                    self.tracked.insert(item.id, Place::Parked);
+                    self.place(item.id, Place::Parked);
                     self.parked.entry(item.account).or_default().push(item.id);
                 }
             }
@@ -1027,9 +1202,10 @@ mod tests {
         assert!(!rescan.active);
     }
 
-    #[test]
-    fn load_reads_a_queued_dlr() {
-        use crate::store::command::{Accept, Account, BindKind, Receipt as StoreReceipt};
+    /// A state on node 1 owing the DLR of one finished message of `acme`
+    /// (received at 1 000 ms), whose account has `webhook_url`.
+    fn state_owing_a_dlr(webhook_url: Option<&str>) -> (AppState, MessageId) {
+        use crate::store::command::{Accept, Account, Receipt as StoreReceipt};
         let mut state = AppState::new();
         let id = MessageId::from_parts(1, 1, 0, 1).unwrap();
         let account = Account {
@@ -1041,7 +1217,7 @@ mod tests {
             allowed_senders: Vec::new(),
             retention_s: 0,
             enabled: true,
-            webhook_url: None,
+            webhook_url: webhook_url.map(str::to_string),
             api_key_hash: None,
             webhook_secret: None,
             window: 0,
@@ -1088,6 +1264,13 @@ mod tests {
         for command in commands {
             state.apply_command(command);
         }
+        (state, id)
+    }
+
+    #[test]
+    fn load_reads_a_queued_dlr() {
+        use crate::store::command::BindKind;
+        let (mut state, id) = state_owing_a_dlr(None);
         let pending = state.pending_delivery(&id).cloned().unwrap();
         assert_eq!(pending.target, None, "no receiving bind: the DLR waits");
         state.apply_command(Command::BindOpened {
@@ -1268,6 +1451,135 @@ mod tests {
         assert!(ledger.claim([id(1)].into_iter()).is_empty(), "in hand once");
         ledger.committed(id(1), true);
         assert!(ledger.tracked.is_empty());
+    }
+
+    #[test]
+    fn a_webhook_whose_message_retention_purged_is_no_longer_owed() {
+        let (mut state, id) = state_owing_a_dlr(Some("https://hooks.example/dlr"));
+        let pending = state.pending_delivery(&id).cloned().unwrap();
+        assert_eq!(pending.target, Some(1), "a webhook account needs no bind");
+        assert!(still_owed(&state, 1, id, DeliveryKind::Dlr));
+        assert!(
+            !still_owed(&state, 2, id, DeliveryKind::Dlr),
+            "aimed at node 1"
+        );
+        assert!(
+            !still_owed(&state, 1, id, DeliveryKind::Mo),
+            "a DLR, not an MO"
+        );
+        let loaded = load(&state, id, &pending).unwrap();
+        assert!(
+            matches!(loaded.material, Material::Webhook(_)),
+            "{loaded:?}"
+        );
+
+        state.apply_command(Command::Purge {
+            before_ms: 2_000,
+            account: None,
+        });
+        assert!(state.message(&id).is_none(), "retention took the message");
+        assert!(
+            !still_owed(&state, 1, id, DeliveryKind::Dlr),
+            "its webhook goes with it: a due retry is dropped, not sent"
+        );
+        assert_eq!(state.counters().purged_deliveries, 1);
+
+        // The hub lets the dropped delivery go and its room frees.
+        let mut ledger = Ledger {
+            webhooks: true,
+            ..Ledger::default()
+        };
+        ledger.take_loaded(vec![loaded]);
+        assert_eq!(ledger.webhooks_in_hand, 1);
+        ledger.untrack(id);
+        assert_eq!(ledger.webhooks_in_hand, 0);
+        assert!(ledger.tracked.is_empty());
+    }
+
+    fn webhook_loaded(counter: u64) -> Loaded {
+        Loaded {
+            id: MessageId::from_parts(4, 1, 0, counter).unwrap(),
+            kind: DeliveryKind::Dlr,
+            account: "http-customer".into(),
+            material: Material::Webhook(webhook::Prepared {
+                target: webhook::Target {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    secret: None,
+                },
+                facts: webhook::Facts::Dlr(webhook::DlrFacts {
+                    from: "TERN".into(),
+                    to: "447700900123".into(),
+                    client_ref: None,
+                    message_state: 2,
+                    error_code: 0,
+                    connector: None,
+                    operator_id: None,
+                    accepted_at_ms: 0,
+                    submitted_at_ms: None,
+                    done_at_ms: None,
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_full_webhook_budget_does_not_stop_smpp_deliveries() {
+        let (mut ledger, inboxes) = ledger_with(&[("acme", 1, 4)]);
+        ledger.webhooks = true;
+        let webhooks: Vec<Loaded> = (0..MAX_WEBHOOKS_IN_HAND as u64)
+            .map(webhook_loaded)
+            .collect();
+        ledger.take_loaded(webhooks);
+        assert_eq!(ledger.webhooks_in_hand, MAX_WEBHOOKS_IN_HAND);
+        assert_eq!(ledger.webhook_room(), 0);
+        assert_eq!(ledger.webhook_load_limit(), 0, "no webhook even loaded");
+        ledger.webhook_out.clear();
+        // One more webhook stays in the store, remembered as a backlog.
+        let extra = webhook_loaded(MAX_WEBHOOKS_IN_HAND as u64);
+        let extra_id = extra.id;
+        ledger.take_loaded(vec![extra]);
+        assert!(!ledger.tracked.contains_key(&extra_id));
+        assert!(ledger.webhook_out.is_empty());
+        assert!(ledger.webhook_backlog);
+
+        // An SMPP delivery is still claimed, loaded and handed to its bind.
+        let smpp_id = MessageId::from_parts(2, 1, 0, 1).unwrap();
+        assert!(ledger.has_room());
+        assert_eq!(ledger.claim([smpp_id].into_iter()), vec![smpp_id]);
+        ledger.untrack(smpp_id);
+        ledger.take_loaded(vec![Loaded {
+            id: smpp_id,
+            kind: DeliveryKind::Dlr,
+            account: "acme".into(),
+            material: dlr_material(b"x", 0, 0),
+        }]);
+        ledger.pump();
+        assert_eq!(ledger.tracked[&smpp_id], Place::Session(1));
+        assert_eq!(inboxes[0].try_recv().unwrap().id, smpp_id);
+        assert!(!ledger.rescan.active, "nothing waited for SMPP room");
+
+        // Webhooks acknowledged and committed free their room; once half the
+        // budget is free the backlog is fetched by a rescan.
+        for counter in 0..(MAX_WEBHOOKS_IN_HAND / 2) as u64 {
+            let id = webhook_loaded(counter).id;
+            ledger.place(id, Place::Committing);
+            assert_eq!(
+                ledger.rescan.active,
+                counter + 1 == MAX_WEBHOOKS_IN_HAND as u64 / 2
+            );
+            ledger.committed(id, true);
+        }
+        assert_eq!(ledger.webhooks_in_hand, MAX_WEBHOOKS_IN_HAND / 2);
+        assert!(
+            ledger.rescan.active,
+            "the waiting webhooks are loaded again"
+        );
+        assert!(!ledger.webhook_backlog);
+        assert_eq!(
+            ledger.webhook_load_limit(),
+            MAX_WEBHOOKS_IN_HAND,
+            "a page may load those in hand again besides the room"
+        );
     }
 
     #[test]

@@ -201,6 +201,7 @@ fn serve_with_store(
     let (delivery_link, delivery_inbox) = delivery::DeliveryLink::new();
     let mut hub = Some(delivery::HubStart {
         node_id,
+        webhook_tls: Arc::clone(&resolved.webhook_tls),
         store: handle.clone(),
         inbox: delivery_inbox,
         link: delivery_link.clone(),

@@ -3,10 +3,13 @@
 //!
 //! Owns: what a webhook carries ([`prepare`], copied out of the store on the
 //! store thread by `delivery::load`), the JSON bodies, their signature, the
-//! retry policy (exponential backoff with jitter, no giving up), and the
-//! node's webhook [`Sender`]: it runs on the delivery hub's core, keeps at
-//! most [`MAX_IN_FLIGHT`] requests open, and reuses keep-alive connections
-//! per origin (hyper's HTTP/1.1 client over glommio, `crate::http::rt`).
+//! retry policy (exponential backoff with jitter, no giving up), the TLS
+//! client settings ([`tls_config`]: built once at start from the built-in
+//! web roots plus the operator's `webhook.ca_file`), and the node's webhook
+//! [`Sender`]: it runs on the delivery hub's core, keeps at most
+//! [`MAX_IN_FLIGHT`] requests open, and reuses keep-alive connections per
+//! origin (scheme, host, port) (hyper's HTTP/1.1 client over glommio,
+//! `crate::http::rt`, through rustls for `https://`).
 //! Must not touch: the store (a 2xx goes back to the hub as
 //! `HubEvent::Acked`, and the hub commits `DlrDelivered` / `MoDelivered`
 //! exactly as for SMPP), SMPP sessions, or the HTTP server.
@@ -21,13 +24,28 @@
 //! `X-Tern-Timestamp` header (unix seconds) of the same request, so a
 //! receiver can refuse replays of old requests.
 //!
-//! Only `http://` URLs: TLS is not built in yet, and [`check_url`] (called by
-//! the configuration check) refuses `https://` with a clear error.
+//! `http://` and `https://` URLs. TLS always verifies the receiver's
+//! certificate against the web roots (and the operator's CA bundle, for
+//! private CAs) with SNI set to the URL's host; there is no switch to skip
+//! that, so a receiver with a self-signed certificate needs its CA in
+//! `webhook.ca_file`.
+//!
+//! "Retried until a 2xx" is bounded twice. In memory: the hub keeps at most
+//! `delivery::MAX_WEBHOOKS_IN_HAND` webhook deliveries (apart from SMPP's
+//! budget, so a dead receiver cannot stall deliver_sm); the rest wait in the
+//! store. In time: a delivery lives as long as its message. When retention
+//! purges a message (or an MO) whose webhook is still owed, the store drops
+//! the delivery with it (counted in the store's `purged_deliveries`); before
+//! each retry the hub asks the store whether the delivery is still owed
+//! here ([`Sender::take_due`]), and one that is not is dropped, logged once
+//! and counted (`tern_webhook_dropped_total`) instead of being sent again.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -36,6 +54,9 @@ use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use rand::Rng;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use serde::Serialize;
 use sha2::Sha256;
 
@@ -55,7 +76,8 @@ pub const ATTEMPT_TIMEOUT_MS: u64 = 10_000;
 /// First retry delay; doubled per attempt up to [`RETRY_MAX_MS`].
 pub const RETRY_BASE_MS: u64 = 1_000;
 /// Longest wait between two attempts: a receiver down for hours is asked
-/// every few minutes, never given up on (the store keeps the delivery).
+/// every few minutes, never given up on while the store owes the delivery
+/// (see the module header for what bounds that).
 pub const RETRY_MAX_MS: u64 = 300_000;
 /// Idle keep-alive connections kept per origin.
 const IDLE_PER_ORIGIN: usize = 8;
@@ -64,8 +86,13 @@ const IDLE_PER_ORIGIN: usize = 8;
 const MAX_ORIGINS: usize = 64;
 /// Response bodies are read (for keep-alive) up to this and then dropped.
 const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
+/// Addresses of a webhook host tried in turn before an attempt fails.
+const MAX_ADDRESSES_TRIED: usize = 4;
 /// Longest webhook URL accepted.
 pub const MAX_URL_BYTES: usize = 2048;
+/// Certificates taken from `webhook.ca_file` at most (a CA bundle is a few
+/// hundred; this bounds what a wrong file can make us hold).
+const MAX_CA_CERTIFICATES: usize = 4096;
 
 pub const TIMESTAMP_HEADER: &str = "x-tern-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-tern-signature";
@@ -108,6 +135,13 @@ pub enum Facts {
 pub struct Prepared {
     pub target: Target,
     pub facts: Facts,
+}
+
+/// Whether `account`'s deliveries go out by webhook (on the store thread).
+pub fn takes_webhooks(state: &AppState, account: &str) -> bool {
+    state
+        .account(account)
+        .is_some_and(|a| a.webhook_url.is_some())
 }
 
 /// The webhook for delivery `id` when its account has a webhook URL (on the
@@ -284,9 +318,7 @@ pub enum UrlError {
     Syntax(String),
     #[error("longer than {MAX_URL_BYTES} bytes")]
     TooLong,
-    #[error("https:// webhooks are not supported yet (no TLS client built in); use http://, e.g. to a local TLS-terminating proxy")]
-    Https,
-    #[error("only http:// URLs are supported")]
+    #[error("only http:// and https:// URLs are supported")]
     Scheme,
     #[error("user information in the URL is not supported; sign with webhook_secret instead")]
     UserInfo,
@@ -294,10 +326,28 @@ pub enum UrlError {
     NoHost,
 }
 
+/// How a webhook travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    /// HTTP/1.1 over TLS (rustls), the certificate verified for the host.
+    Https,
+}
+
+impl Scheme {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
 /// Where one webhook URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Host without IPv6 brackets.
+    pub scheme: Scheme,
+    /// Host without IPv6 brackets; also the TLS server name.
     pub host: String,
     pub port: u16,
     /// The `Host` header value.
@@ -311,11 +361,11 @@ pub fn parse_url(url: &str) -> Result<Endpoint, UrlError> {
         return Err(UrlError::TooLong);
     }
     let uri: hyper::Uri = url.parse().map_err(|e| UrlError::Syntax(format!("{e}")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(UrlError::Https),
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
         _ => return Err(UrlError::Scheme),
-    }
+    };
     let authority = uri.authority().ok_or(UrlError::NoHost)?;
     if authority.as_str().contains('@') {
         return Err(UrlError::UserInfo);
@@ -328,8 +378,9 @@ pub fn parse_url(url: &str) -> Result<Endpoint, UrlError> {
         return Err(UrlError::NoHost);
     }
     Ok(Endpoint {
+        scheme,
         host: host.to_string(),
-        port: authority.port_u16().unwrap_or(80),
+        port: authority.port_u16().unwrap_or(scheme.default_port()),
         authority: authority.as_str().to_string(),
         path_and_query: uri
             .path_and_query()
@@ -340,6 +391,47 @@ pub fn parse_url(url: &str) -> Result<Endpoint, UrlError> {
 /// The configuration's check of an account's `webhook_url`.
 pub fn check_url(url: &str) -> Result<(), String> {
     parse_url(url).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The node's TLS client settings for `https://` webhooks: the built-in web
+/// roots, plus every certificate of the PEM bundle `ca_file` when given (for
+/// receivers under a private CA). Built once at start; an unreadable file, one
+/// without certificates or with a certificate rustls refuses is an error
+/// (the caller names the configuration key).
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let shown = path.display();
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        let mut added = 0usize;
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            let certificate =
+                certificate.map_err(|e| format!("{shown}: not a PEM certificate bundle: {e}"))?;
+            if added >= MAX_CA_CERTIFICATES {
+                return Err(format!(
+                    "{shown}: more than {MAX_CA_CERTIFICATES} certificates"
+                ));
+            }
+            roots
+                .add(certificate)
+                .map_err(|e| format!("{shown}: certificate {}: {e}", added + 1))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!(
+                "{shown}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)"
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// One webhook delivery in the sender's hands.
@@ -378,6 +470,8 @@ enum AttemptError {
     Resolve(String),
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
     #[error("bad request: {0}")]
@@ -390,14 +484,18 @@ enum AttemptError {
 
 type Connection = SendRequest<Full<Bytes>>;
 
-/// Idle keep-alive connections by (host, port).
+/// Where a keep-alive connection leads: a plain and a TLS connection to
+/// the same host and port are different origins.
+type Origin = (Scheme, String, u16);
+
+/// Idle keep-alive connections by origin.
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<(String, u16), Vec<Connection>>,
+    idle: HashMap<Origin, Vec<Connection>>,
 }
 
 impl Pool {
-    fn take(&mut self, origin: &(String, u16)) -> Option<Connection> {
+    fn take(&mut self, origin: &Origin) -> Option<Connection> {
         let list = self.idle.get_mut(origin)?;
         while let Some(connection) = list.pop() {
             if connection.is_ready() && !connection.is_closed() {
@@ -408,7 +506,7 @@ impl Pool {
         None
     }
 
-    fn put(&mut self, origin: (String, u16), connection: Connection) {
+    fn put(&mut self, origin: Origin, connection: Connection) {
         if !self.idle.contains_key(&origin) && self.idle.len() >= MAX_ORIGINS {
             // Drop the least useful: any origin with nothing idle, else this one.
             self.idle.retain(|_, list| !list.is_empty());
@@ -423,30 +521,70 @@ impl Pool {
     }
 }
 
-async fn resolve(endpoint: &Endpoint) -> Result<SocketAddr, AttemptError> {
+/// The host's addresses in the resolver's order, at most
+/// [`MAX_ADDRESSES_TRIED`] of them.
+async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, AttemptError> {
     if let Ok(ip) = endpoint.host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, endpoint.port));
+        return Ok(vec![SocketAddr::new(ip, endpoint.port)]);
     }
     // getaddrinfo blocks: off the reactor, on glommio's blocking pool.
     let name = (endpoint.host.clone(), endpoint.port);
-    glommio::executor()
+    let addrs = glommio::executor()
         .spawn_blocking(move || {
             name.to_socket_addrs()
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or_else(|| "no address".to_string())
+                .map(|addrs| addrs.take(MAX_ADDRESSES_TRIED).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())
         })
         .await
-        .map_err(AttemptError::Resolve)
+        .map_err(AttemptError::Resolve)?;
+    if addrs.is_empty() {
+        return Err(AttemptError::Resolve("no address".into()));
+    }
+    Ok(addrs)
 }
 
-async fn connect(endpoint: &Endpoint) -> Result<Connection, AttemptError> {
-    let addr = resolve(endpoint).await?;
-    let stream = glommio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| AttemptError::Connect(e.into()))?;
+/// A TCP connection to the first of the host's addresses that accepts
+/// ("localhost" may resolve to ::1 first while the receiver listens on
+/// 127.0.0.1 only).
+async fn connect_tcp(endpoint: &Endpoint) -> Result<glommio::net::TcpStream, AttemptError> {
+    let mut last_error = None;
+    for addr in resolve(endpoint).await? {
+        match glommio::net::TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e.into()),
+        }
+    }
+    Err(AttemptError::Connect(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+    })))
+}
+
+async fn connect(endpoint: &Endpoint, tls: &Arc<ClientConfig>) -> Result<Connection, AttemptError> {
+    let stream = connect_tcp(endpoint).await?;
     // Small requests: send each at once.
     let _ = stream.set_nodelay(true);
+    match endpoint.scheme {
+        Scheme::Http => http1_over(stream).await,
+        Scheme::Https => {
+            // An IP literal becomes an IP server name (checked against the
+            // certificate's IP SANs), anything else a DNS name (SNI).
+            let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+                AttemptError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?;
+            let stream = futures_rustls::TlsConnector::from(Arc::clone(tls))
+                .connect(name, stream)
+                .await
+                .map_err(AttemptError::Tls)?;
+            http1_over(stream).await
+        }
+    }
+}
+
+/// An HTTP/1.1 client connection over `stream`, driven by a task of its own.
+async fn http1_over<S>(stream: S) -> Result<Connection, AttemptError>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake(HyperIo::new(stream)).await?;
     glommio::spawn_local(async move {
         if let Err(e) = connection.await {
@@ -464,9 +602,13 @@ fn unix_now_s() -> u64 {
 }
 
 /// One POST; `Ok` only for a 2xx.
-async fn attempt(pool: &RefCell<Pool>, job: &Job) -> Result<(), AttemptError> {
+async fn attempt(
+    pool: &RefCell<Pool>,
+    tls: &Arc<ClientConfig>,
+    job: &Job,
+) -> Result<(), AttemptError> {
     let endpoint = parse_url(&job.target.url)?;
-    let origin = (endpoint.host.clone(), endpoint.port);
+    let origin = (endpoint.scheme, endpoint.host.clone(), endpoint.port);
     let timestamp_s = unix_now_s();
     let mut request = hyper::Request::post(endpoint.path_and_query.as_str())
         .header(hyper::header::HOST, endpoint.authority.as_str())
@@ -484,7 +626,7 @@ async fn attempt(pool: &RefCell<Pool>, job: &Job) -> Result<(), AttemptError> {
     let reused = pool.borrow_mut().take(&origin);
     let mut connection = match reused {
         Some(connection) => connection,
-        None => connect(&endpoint).await?,
+        None => connect(&endpoint, tls).await?,
     };
     let response = connection.send_request(request).await?;
     let status = response.status();
@@ -512,8 +654,11 @@ enum Outcome {
 /// The node's webhook sender, owned by the delivery hub on its core.
 pub struct Sender {
     link: DeliveryLink,
+    tls: Arc<ClientConfig>,
     ready: VecDeque<Job>,
     retrying: BTreeMap<(u64, MessageId), Job>,
+    /// Retries that came due, until the hub has checked they are still owed.
+    due: Vec<Job>,
     in_flight: usize,
     done_tx: flume::Sender<Outcome>,
     done_rx: flume::Receiver<Outcome>,
@@ -522,13 +667,15 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(link: DeliveryLink) -> Sender {
+    pub fn new(link: DeliveryLink, tls: Arc<ClientConfig>) -> Sender {
         // Every attempt in flight reports once: the channel never fills.
         let (done_tx, done_rx) = flume::bounded(MAX_IN_FLIGHT);
         Sender {
             link,
+            tls,
             ready: VecDeque::new(),
             retrying: BTreeMap::new(),
+            due: Vec::new(),
             in_flight: 0,
             done_tx,
             done_rx,
@@ -537,9 +684,15 @@ impl Sender {
         }
     }
 
-    /// Deliveries in hand (ready, sending, waiting for a retry).
+    /// Deliveries in hand (ready, sending, waiting for a retry or a check).
     pub fn len(&self) -> usize {
-        self.ready.len() + self.retrying.len() + self.in_flight
+        self.ready.len() + self.retrying.len() + self.due.len() + self.in_flight
+    }
+
+    /// Retries that came due, for the hub to check with the store; each goes
+    /// back by [`Sender::push`] if still owed, or is let go.
+    pub fn take_due(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.due)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -554,8 +707,9 @@ impl Sender {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Takes finished attempts, releases due retries and starts sends up to
-    /// the in-flight bound. Called by the hub on every turn of its loop.
+    /// Takes finished attempts, moves due retries to the check
+    /// ([`Sender::take_due`]) and starts sends up to the in-flight bound.
+    /// Called by the hub on every turn of its loop.
     pub fn poll(&mut self) {
         while let Ok(outcome) = self.done_rx.try_recv() {
             debug_assert!(self.in_flight > 0, "an outcome without an attempt");
@@ -566,13 +720,7 @@ impl Sender {
                 self.retrying.insert((due_ms, job.id), job);
             }
         }
-        let now_ms = self.now_ms();
-        while let Some(entry) = self.retrying.first_entry() {
-            if entry.key().0 > now_ms {
-                break;
-            }
-            self.ready.push_back(entry.remove());
-        }
+        self.release_due(self.now_ms());
         while self.in_flight < MAX_IN_FLIGHT {
             let Some(job) = self.ready.pop_front() else {
                 break;
@@ -582,14 +730,24 @@ impl Sender {
         }
     }
 
+    fn release_due(&mut self, now_ms: u64) {
+        while let Some(entry) = self.retrying.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            self.due.push(entry.remove());
+        }
+    }
+
     fn spawn(&self, mut job: Job) {
         let pool = Rc::clone(&self.pool);
+        let tls = Arc::clone(&self.tls);
         let link = self.link.clone();
         let done = self.done_tx.clone();
         glommio::spawn_local(async move {
             job.attempts = job.attempts.saturating_add(1);
             crate::metrics::webhook_attempt();
-            let result = or(async { Some(attempt(&pool, &job).await) }, async {
+            let result = or(async { Some(attempt(&pool, &tls, &job).await) }, async {
                 glommio::timer::sleep(Duration::from_millis(ATTEMPT_TIMEOUT_MS)).await;
                 None
             })
@@ -761,8 +919,9 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_parsed_and_https_refused() {
+    fn urls_are_parsed_for_both_schemes() {
         let endpoint = parse_url("http://127.0.0.1:8080/hooks/dlr?x=1").unwrap();
+        assert_eq!(endpoint.scheme, Scheme::Http);
         assert_eq!(endpoint.host, "127.0.0.1");
         assert_eq!(endpoint.port, 8080);
         assert_eq!(endpoint.authority, "127.0.0.1:8080");
@@ -770,8 +929,20 @@ mod tests {
         let endpoint = parse_url("http://hooks.example").unwrap();
         assert_eq!((endpoint.port, endpoint.path_and_query.as_str()), (80, "/"));
         assert_eq!(parse_url("http://[::1]:9/h").unwrap().host, "::1");
-        assert_eq!(parse_url("https://hooks.example/"), Err(UrlError::Https));
+        let endpoint = parse_url("https://hooks.example/dlr").unwrap();
+        assert_eq!(endpoint.scheme, Scheme::Https);
+        assert_eq!(endpoint.port, 443, "https defaults to 443");
+        assert_eq!(endpoint.authority, "hooks.example");
+        assert_eq!(endpoint.path_and_query, "/dlr");
+        let endpoint = parse_url("https://localhost:8443").unwrap();
+        assert_eq!((endpoint.scheme, endpoint.port), (Scheme::Https, 8443));
+        assert_eq!(endpoint.path_and_query, "/");
+        assert!(check_url("https://hooks.example/").is_ok());
         assert_eq!(parse_url("ftp://hooks.example/"), Err(UrlError::Scheme));
+        assert_eq!(
+            parse_url("https://u:p@hooks.example/"),
+            Err(UrlError::UserInfo)
+        );
         assert_eq!(
             parse_url("http://u:p@hooks.example/"),
             Err(UrlError::UserInfo)
@@ -781,6 +952,66 @@ mod tests {
             parse_url(&format!("http://h/{}", "a".repeat(MAX_URL_BYTES))),
             Err(UrlError::TooLong)
         );
-        assert!(check_url("https://x/").unwrap_err().contains("https://"));
+        assert!(check_url("ws://x/").unwrap_err().contains("https://"));
+    }
+
+    #[test]
+    fn tls_config_takes_a_pem_bundle_and_names_a_bad_one() {
+        let built_in = tls_config(None).unwrap();
+        assert_eq!(built_in.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = tls_config(Some(&missing)).unwrap_err();
+        assert!(
+            e.contains("cannot read") && e.contains("missing.pem"),
+            "{e}"
+        );
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        let e = tls_config(Some(&empty)).unwrap_err();
+        assert!(
+            e.contains("no certificate") && e.contains("empty.pem"),
+            "{e}"
+        );
+
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(tls_config(Some(&broken)).is_err(), "not a certificate");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["tern-test-ca".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        assert!(tls_config(Some(&good)).is_ok());
+    }
+
+    #[test]
+    fn due_retries_wait_for_the_check_before_going_out() {
+        let (link, _inbox) = crate::engine::delivery::DeliveryLink::new();
+        let mut sender = Sender::new(link, tls_config(None).unwrap());
+        let prepared = Prepared {
+            target: Target {
+                url: "https://hooks.example/".into(),
+                secret: None,
+            },
+            facts: Facts::Dlr(dlr()),
+        };
+        let mut job = Job::new(id(), DeliveryKind::Dlr, "acme".into(), prepared);
+        job.attempts = 3;
+        sender.retrying.insert((1_000, job.id), job);
+        sender.release_due(999);
+        assert!(sender.take_due().is_empty(), "not due yet");
+        sender.release_due(1_000);
+        assert_eq!(sender.len(), 1, "a due retry is still in hand");
+        let due = sender.take_due();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, 3);
+        assert!(sender.ready.is_empty(), "not sent before the check");
+        assert!(sender.is_empty(), "taken out for the check");
     }
 }
