@@ -641,9 +641,22 @@ impl Config {
                 return Err(error(key, "must be at least 1".into()));
             }
         }
+        let max_window = crate::engine::MAX_WINDOW;
+        if usize::try_from(self.smpp.window).map_or(true, |w| w > max_window) {
+            return Err(error(
+                "smpp.window",
+                format!("must be at most {max_window}"),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, account) in self.accounts.iter().enumerate() {
             let key = |field: &str| format!("account[{i}].{field}");
+            if usize::try_from(account.window).map_or(true, |w| w > max_window) {
+                return Err(error(
+                    &key("window"),
+                    format!("must be at most {max_window} (0 = smpp.window)"),
+                ));
+            }
             if account.system_id.is_empty() || account.system_id.len() > 15 {
                 return Err(error(&key("system_id"), "must be 1..=15 characters".into()));
             }
@@ -1034,7 +1047,7 @@ mod tests {
     }
 
     #[test]
-    fn retention_keys_are_checked_by_name() {
+    fn out_of_range_store_and_window_keys_are_named() {
         for (text, key) in [
             ("[store]\nhot_window_s = 0\n", "store.hot_window_s"),
             (
@@ -1044,6 +1057,11 @@ mod tests {
             (
                 "[store]\narchive_retention_days = 0\n",
                 "store.archive_retention_days",
+            ),
+            ("[smpp]\nwindow = 70000\n", "smpp.window"),
+            (
+                "[[account]]\nsystem_id = \"a\"\npassword = \"a\"\nwindow = 65536\n",
+                "account[0].window",
             ),
             // One second is less than two election timeouts of 100 ms ticks.
             (
