@@ -6,10 +6,12 @@
 //! `messages` at once; append + fdatasync; then `persisted_messages`; deliver
 //! replies), ticks, start-up recovery (log, latest durable state snapshot,
 //! replay), periodic durable state snapshots and log compaction, the
-//! request/reply plumbing to callers, and the hand-off of applied effects
-//! and account changes (`watch_accounts`) to this node's consumers. Must not touch: raft logic (the core
-//! decides), the log format (the wal decides), what commands mean (the state
-//! machine decides), or sockets (the transport owns them).
+//! request/reply plumbing to callers, the hand-off of applied effects and
+//! account changes (`watch_accounts`) to this node's consumers, and the
+//! leader's `NodeDown` proposals and this node's fence (`store::liveness`
+//! decides; `may_dispatch`, `declared_down`). Must not touch: raft logic
+//! (the core decides), the log format (the wal decides), what commands mean
+//! (the state machine decides), or sockets (the transport owns them).
 //!
 //! Group commit: the log lives on its own thread (raft-rs's asynchronous
 //! persistence, `advance_append_async` / `on_persist_ready` in the core). While
