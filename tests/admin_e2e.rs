@@ -16,14 +16,14 @@
 //! account window above the node's configured window is honoured in full,
 //! and one above the hard ceiling is refused by the admin API.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, temp_dir};
+use common::{free_port, read_pdu, temp_dir};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -374,22 +374,6 @@ fn cli_says_what_to_fix_when_token_or_address_is_wrong() {
 }
 
 // ---------------------------------------------------------------- lifecycle
-
-/// Reads one whole PDU; an error on EOF, a timeout or a frame we cannot use.
-fn read_pdu(stream: &mut TcpStream) -> Result<Pdu, String> {
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).map_err(|e| e.to_string())?;
-    let command_length = u32::from_be_bytes(length) as usize;
-    if !(16..=64 * 1024).contains(&command_length) {
-        return Err(format!("command_length {command_length}"));
-    }
-    let mut frame = vec![0u8; command_length];
-    frame[..4].copy_from_slice(&length);
-    stream
-        .read_exact(&mut frame[4..])
-        .map_err(|e| e.to_string())?;
-    Pdu::decode_slice(&frame).map_err(|e| format!("{e:?}"))
-}
 
 fn send_pdu(stream: &mut TcpStream, pdu: &Pdu) {
     let bytes = pdu.to_bytes().expect("encode");

@@ -19,7 +19,7 @@
 //!   serves again.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, temp_dir};
+use common::{free_port, read_pdu, temp_dir};
 
 use serde_json::{json, Value};
 use tern::smpp::pdu::{Bind, Body, DeliverSmResp, Password, Pdu, SystemId};
@@ -223,13 +223,25 @@ fn submit(node: &Node, to: &str) -> String {
     submit_with(node, to, false)
 }
 
+/// Retries a 503 (no leader for a moment after a node died: the API says
+/// retry) with the same Idempotency-Key, as a client should.
 fn submit_with(node: &Node, to: &str, dlr: bool) -> String {
     let body = json!({"from": "ACME", "to": to, "text": "cluster test", "dlr": dlr});
-    let response = agent()
-        .post(&format!("{}/v1/messages", node.base()))
-        .set("Authorization", &format!("Bearer {API_KEY}"))
-        .send_json(body)
-        .unwrap_or_else(|e| panic!("submit to node {}: {e}\n{}", node.id, node.log_text()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        let answer = agent()
+            .post(&format!("{}/v1/messages", node.base()))
+            .set("Authorization", &format!("Bearer {API_KEY}"))
+            .set("Idempotency-Key", &format!("cluster-test-{to}"))
+            .send_json(body.clone());
+        match answer {
+            Ok(response) => break response,
+            Err(ureq::Error::Status(503, _)) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("submit to node {}: {e}\n{}", node.id, node.log_text()),
+        }
+    };
     assert_eq!(response.status(), 201);
     let value: Value = response.into_json().expect("JSON answer");
     value["messages"][0]["id"]
@@ -381,22 +393,6 @@ fn a_node_declared_down_while_frozen_stops_and_a_restart_rejoins() {
         Duration::from_secs(30),
         &[&nodes[0], &nodes[1]],
     );
-}
-
-/// Reads one whole PDU; an error on EOF, a reset or a frame we cannot use.
-fn read_pdu(stream: &mut TcpStream) -> Result<Pdu, String> {
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).map_err(|e| e.to_string())?;
-    let command_length = u32::from_be_bytes(length) as usize;
-    if !(16..=64 * 1024).contains(&command_length) {
-        return Err(format!("command_length {command_length}"));
-    }
-    let mut frame = vec![0u8; command_length];
-    frame[..4].copy_from_slice(&length);
-    stream
-        .read_exact(&mut frame[4..])
-        .map_err(|e| e.to_string())?;
-    Pdu::decode_slice(&frame).map_err(|e| format!("{e:?}"))
 }
 
 /// A customer's receiver bind on one node, answering every deliver_sm and

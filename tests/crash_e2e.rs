@@ -19,7 +19,7 @@
 //! under load, and the simulator closes a bind that ignores it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, temp_dir};
+use common::{free_port, read_pdu, temp_dir};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -151,22 +151,6 @@ fn wait_bound(serve: &Process, binds: usize) {
         assert!(Instant::now() < deadline, "binds not up:\n{text}");
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Reads one whole PDU; an error on EOF, a reset or a frame we cannot use.
-fn read_pdu(stream: &mut TcpStream) -> Result<Pdu, String> {
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).map_err(|e| e.to_string())?;
-    let command_length = u32::from_be_bytes(length) as usize;
-    if !(16..=64 * 1024).contains(&command_length) {
-        return Err(format!("command_length {command_length}"));
-    }
-    let mut frame = vec![0u8; command_length];
-    frame[..4].copy_from_slice(&length);
-    stream
-        .read_exact(&mut frame[4..])
-        .map_err(|e| e.to_string())?;
-    Pdu::decode_slice(&frame).map_err(|e| format!("{e:?}"))
 }
 
 fn send(stream: &Mutex<TcpStream>, pdu: &Pdu) -> std::io::Result<()> {

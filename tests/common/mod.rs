@@ -64,3 +64,21 @@ pub fn wait_closed(addr: std::net::SocketAddr) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Reads one whole SMPP PDU from a blocking socket; an error on EOF, a
+/// timeout, a reset or a frame the tests cannot use (over 64 KiB).
+pub fn read_pdu(stream: &mut std::net::TcpStream) -> Result<tern::smpp::pdu::Pdu, String> {
+    use std::io::Read;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).map_err(|e| e.to_string())?;
+    let command_length = u32::from_be_bytes(length) as usize;
+    if !(16..=64 * 1024).contains(&command_length) {
+        return Err(format!("command_length {command_length}"));
+    }
+    let mut frame = vec![0u8; command_length];
+    frame[..4].copy_from_slice(&length);
+    stream
+        .read_exact(&mut frame[4..])
+        .map_err(|e| e.to_string())?;
+    tern::smpp::pdu::Pdu::decode_slice(&frame).map_err(|e| format!("{e:?}"))
+}
