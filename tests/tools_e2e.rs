@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use serde_json::Value;
 use tern::smpp::pdu::{Address, Bind, Body, DeliverSmResp, Password, Pdu, SubmitSm, SystemId};
 
@@ -24,10 +26,7 @@ impl Sim {
     fn start(extra: &[&str]) -> Sim {
         let dir = tempfile::tempdir().expect("tempdir");
         let report = dir.path().join("report.json");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = common::free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let child = Command::new(TERN)
             .args(["sim", "--listen", &addr.to_string(), "--report-json"])

@@ -4,11 +4,32 @@
 
 use std::net::TcpListener;
 
-/// A port on 127.0.0.1 that was free a moment ago (the kernel's ephemeral
-/// pick; the test binds it again right after).
+/// A port on 127.0.0.1 that was free a moment ago, for a server the test
+/// starts right after.
+///
+/// Picked below the kernel's ephemeral range (32768-60999 by default), never
+/// in it: a port the kernel hands out can be taken, between this pick and
+/// the server's bind, by any outgoing connection of a test running in
+/// parallel ("Address already in use"). Below it only servers bind, and this
+/// counter never gives one port twice in a test binary; the start depends on
+/// the process id, so binaries run one after another do not reuse ports a
+/// moment ago in TIME_WAIT.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = *START.get_or_init(|| std::process::id().wrapping_mul(7_919) % COUNT);
+    for _ in 0..COUNT {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+        let port = u16::try_from(FIRST + offset).expect("ports below 32,000 fit");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{FIRST}..{}", FIRST + COUNT);
 }
 
 /// A scratch directory, removed when dropped.
