@@ -1406,24 +1406,7 @@ mod tests {
             ..Ledger::default()
         };
         assert_eq!(ledger.claim([id(1), id(2)].into_iter()), vec![id(1), id(2)]);
-        let prepared = webhook::Prepared {
-            target: webhook::Target {
-                url: "http://127.0.0.1:9/hook".into(),
-                secret: Some("s".into()),
-            },
-            facts: webhook::Facts::Dlr(webhook::DlrFacts {
-                from: "TERN".into(),
-                to: "447700900123".into(),
-                client_ref: None,
-                message_state: 2,
-                error_code: 0,
-                connector: None,
-                operator_id: None,
-                accepted_at_ms: 0,
-                submitted_at_ms: None,
-                done_at_ms: None,
-            }),
-        };
+        let prepared = webhook_prepared(Some("s"));
         ledger.take_loaded(vec![
             Loaded {
                 id: id(1),
@@ -1501,23 +1484,28 @@ mod tests {
             id: MessageId::from_parts(4, 1, 0, counter).unwrap(),
             kind: DeliveryKind::Dlr,
             account: "http-customer".into(),
-            material: Material::Webhook(webhook::Prepared {
-                target: webhook::Target {
-                    url: "http://127.0.0.1:9/hook".into(),
-                    secret: None,
-                },
-                facts: webhook::Facts::Dlr(webhook::DlrFacts {
-                    from: "TERN".into(),
-                    to: "447700900123".into(),
-                    client_ref: None,
-                    message_state: 2,
-                    error_code: 0,
-                    connector: None,
-                    operator_id: None,
-                    accepted_at_ms: 0,
-                    submitted_at_ms: None,
-                    done_at_ms: None,
-                }),
+            material: Material::Webhook(webhook_prepared(None)),
+        }
+    }
+
+    /// A delivered-DLR webhook to a receiver that is never asked here.
+    fn webhook_prepared(secret: Option<&str>) -> webhook::Prepared {
+        webhook::Prepared {
+            target: webhook::Target {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: secret.map(str::to_string),
+            },
+            facts: webhook::Facts::Dlr(webhook::DlrFacts {
+                from: "TERN".into(),
+                to: "447700900123".into(),
+                client_ref: None,
+                message_state: 2,
+                error_code: 0,
+                connector: None,
+                operator_id: None,
+                accepted_at_ms: 0,
+                submitted_at_ms: None,
+                done_at_ms: None,
             }),
         }
     }

@@ -274,7 +274,9 @@ fn serve_with_store(
     join_all(executors);
     upstream.join();
     tracing::info!("connection cores stopped");
-    let _ = fence_watch.join();
+    if let Some(watch) = fence_watch {
+        let _ = watch.join();
+    }
     if handle.declared_down() {
         return Err(EngineError::Store(
             "the cluster declared this node down while it was unreachable; start it again \
@@ -287,7 +289,7 @@ fn serve_with_store(
 
 /// Stops the node when the cluster declared it down (see `store::liveness`):
 /// its binds and messages belong to other nodes now.
-fn watch_fence(handle: StoreHandle, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn watch_fence(handle: StoreHandle, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
     const POLL: Duration = Duration::from_millis(100);
     let spawned = std::thread::Builder::new()
         .name("tern-fence".into())
@@ -301,10 +303,9 @@ fn watch_fence(handle: StoreHandle, stop: Arc<AtomicBool>) -> std::thread::JoinH
             }
         });
     // A thread that cannot start leaves the node running as before, loudly.
-    spawned.unwrap_or_else(|e| {
-        tracing::error!("cannot start the declared-down watch: {e}");
-        std::thread::spawn(|| {})
-    })
+    spawned
+        .map_err(|e| tracing::error!("cannot start the declared-down watch: {e}"))
+        .ok()
 }
 
 fn join_all(executors: Vec<glommio::ExecutorJoinHandle<()>>) {
